@@ -1,0 +1,11 @@
+#pragma once
+// Each subcommand of `mhla` registers itself on the top-level CLI11 app. A command's callback
+// throws mhla::Error (or std::exception) on failure; main turns that into one line on stderr
+// and exit status 1.
+#include <CLI/CLI.hpp>
+
+namespace mhla::cli {
+
+void add_op_command(CLI::App& app);
+
+}  // namespace mhla::cli
