@@ -122,8 +122,11 @@ void CausalOperator::forward_batch(std::span<const CausalSequence> batch, long l
   const long long nsteps = static_cast<long long>(steps.size());
   std::vector<detail::Features> feats(steps.size());
   std::vector<float> diag(steps.size());
+  const long long tasks = nsteps * L.kv_heads;
+  // Threads pay off once the step streams more state than a thread start costs.
+  const bool threaded = static_cast<double>(tasks) * L.dk * L.dv * L.group() > 1 << 18;
   std::exception_ptr failure;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (threaded)
   for (long long i = 0; i < nsteps; ++i) {
     try {
       CausalState& st = *steps[i]->state;
@@ -136,8 +139,7 @@ void CausalOperator::forward_batch(std::span<const CausalSequence> batch, long l
     }
   }
   if (failure) std::rethrow_exception(failure);
-  const long long tasks = nsteps * L.kv_heads;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (threaded)
   for (long long t = 0; t < tasks; ++t) {
     const long long i = t / L.kv_heads;
     const int g = static_cast<int>(t % L.kv_heads);
