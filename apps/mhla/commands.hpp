@@ -7,5 +7,10 @@
 namespace mhla::cli {
 
 void add_op_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
+void add_logits_command(CLI::App& app);
+void add_perplexity_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
 
 }  // namespace mhla::cli

@@ -8,6 +8,11 @@
 int main(int argc, char** argv) {
   CLI::App app{"mhla: the MHLA (Multi-Head Linear Attention) inference engine"};
   app.require_subcommand(1);
+  mhla::cli::add_generate_command(app);
+  mhla::cli::add_chat_command(app);
+  mhla::cli::add_logits_command(app);
+  mhla::cli::add_perplexity_command(app);
+  mhla::cli::add_inspect_command(app);
   mhla::cli::add_op_command(app);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,67 @@
+#include "model_args.hpp"
+
+#include <charconv>
+#include <cstdio>
+#include <filesystem>
+#include <fmt/format.h>
+#include <random>
+
+#include "mhla/error.hpp"
+
+namespace mhla::cli {
+
+LoadedModel load_model(const std::string& dir) {
+  LoadedModel m{Model::load(dir), std::nullopt};
+  for (const auto& w : m.model.warnings()) std::fprintf(stderr, "mhla: warning: %s\n", w.c_str());
+  const auto tok = std::filesystem::path(dir) / "tokenizer.model";
+  if (std::filesystem::exists(tok)) m.tokenizer = Tokenizer::load(tok.string());
+  return m;
+}
+
+std::vector<int> parse_ids(const std::string& text, const char* flag) {
+  std::vector<int> ids;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    int value = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size())
+      throw Error(fmt::format("{}: '{}' is not a token id (expected comma-separated integers like 1,2,3)", flag, item));
+    ids.push_back(value);
+    at = end + 1;
+  }
+  return ids;
+}
+
+SamplingParams SamplingFlags::params() const {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = top_k;
+  p.top_p = top_p;
+  p.min_p = min_p;
+  p.repeat_penalty = repeat_penalty;
+  p.seed = seed ? *seed : std::random_device{}();
+  p.validate();
+  return p;
+}
+
+void add_sampling_flags(CLI::App* cmd, SamplingFlags& f) {
+  cmd->add_option("--temperature", f.temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
+  cmd->add_option("--top-k", f.top_k, "Keep the K most likely tokens; 0 keeps all")->capture_default_str();
+  cmd->add_option("--top-p", f.top_p, "Keep the smallest set of tokens with this much probability")
+      ->capture_default_str();
+  cmd->add_option("--min-p", f.min_p, "Drop tokens less likely than this times the most likely")->capture_default_str();
+  cmd->add_option("--repeat-penalty", f.repeat_penalty, "Penalty for tokens among the last 64; 1 is off")
+      ->capture_default_str();
+  cmd->add_option("--seed", f.seed, "Random seed (default: a fresh one, printed on stderr)");
+}
+
+std::string timing_summary(long long prefill_tokens, double prefill_s, long long decode_tokens, double decode_s) {
+  auto rate = [](long long n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
+  return fmt::format("prefill {} tokens in {:.1f} ms ({:.0f} tok/s), decode {} tokens in {:.1f} ms ({:.1f} tok/s)",
+                     prefill_tokens, prefill_s * 1e3, rate(prefill_tokens, prefill_s), decode_tokens, decode_s * 1e3,
+                     rate(decode_tokens, decode_s));
+}
+
+}  // namespace mhla::cli

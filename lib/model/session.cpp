@@ -1,0 +1,105 @@
+#include "mhla/session.hpp"
+
+#include <fmt/format.h>
+
+#include "mhla/error.hpp"
+#include "mhla/text_stream.hpp"
+
+namespace mhla {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+Session::Session(const Model& model, const Tokenizer* tokenizer, SessionOptions options)
+    : model_(&model),
+      tokenizer_(tokenizer),
+      chunk_(options.prefill_chunk),
+      state_(model.new_state(options.policy)),
+      sampler_(options.sampling) {
+  options.sampling.validate();
+  if (chunk_ <= 0) throw Error(fmt::format("prefill chunk must be positive, got {}", chunk_));
+  if (tokenizer_ && tokenizer_->vocab_size() > model.config().vocab_size)
+    throw Error(fmt::format("the tokenizer has {} pieces but the model's vocabulary holds {}",
+                            tokenizer_->vocab_size(), model.config().vocab_size));
+}
+
+std::vector<int> Session::encode(std::string_view text, bool add_bos) const {
+  if (!tokenizer_)
+    throw Error(fmt::format("the model in {} has no tokenizer.model, so it takes token ids only (give --prompt-ids)",
+                            model_->directory()));
+  return tokenizer_->encode(text, add_bos);
+}
+
+void Session::append(std::span<const int> tokens) {
+  if (tokens.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  const SequenceStep step{&state_, tokens, LogitsMode::last, &next_logits_};
+  model_->forward({&step, 1}, chunk_);
+  history_.insert(history_.end(), tokens.begin(), tokens.end());
+  stats_.prefill_tokens += static_cast<long long>(tokens.size());
+  stats_.prefill_seconds += seconds_since(t0);
+}
+
+GenerateResult Session::generate(const StopCriteria& stop, const TokenCallback& on_token) {
+  stop.validate();
+  if (next_logits_.empty()) throw Error("nothing to continue from: append a prompt before generating");
+  GenerateResult result;
+  StopChecker checker(stop);
+  std::optional<TextStream> stream;
+  if (tokenizer_) stream.emplace(*tokenizer_, history_);
+  const auto t0 = std::chrono::steady_clock::now();
+  const long long start = state_.position();
+  while (true) {
+    // Every sampled token is fed back, so under strict the last token that fits is the last one.
+    if (state_.policy == ContextPolicy::strict && state_.position() >= model_->trained_window()) {
+      result.reason = StopReason::length;
+      break;
+    }
+    const int id = sampler_.sample(next_logits_, history_);
+    const SequenceStep s{&state_, {&id, 1}, LogitsMode::last, &next_logits_};
+    model_->forward({&s, 1});
+    history_.push_back(id);
+    result.tokens.push_back(id);
+    const StopStep step = checker.push(id, stream ? stream->push(id) : std::string());
+    result.text += step.text;
+    const bool keep_going = !on_token || on_token(id, step.text);
+    if (step.reason != StopReason::none) {
+      result.reason = step.reason;
+      break;
+    }
+    if (!keep_going) {
+      result.cancelled = true;
+      break;
+    }
+  }
+  if (result.reason != StopReason::stop) {
+    std::string tail = checker.reason() == StopReason::none ? checker.finish() : std::string();
+    if (stream) tail += stream->flush();
+    if (!tail.empty()) {
+      result.text += tail;
+      if (on_token) on_token(-1, tail);
+    }
+  }
+  stats_.decode_tokens += state_.position() - start;
+  stats_.decode_seconds += seconds_since(t0);
+  return result;
+}
+
+void Session::set_policy(ContextPolicy policy) {
+  if (policy == state_.policy) return;
+  if (state_.policy != ContextPolicy::strict)
+    throw Error(fmt::format("the session runs the {} policy; only strict can change (to a slide policy)",
+                            to_string(state_.policy)));
+  state_.policy = policy;
+}
+
+void Session::restore(ModelState state, std::vector<int> history, std::vector<float> next_logits) {
+  state_ = std::move(state);
+  history_ = std::move(history);
+  next_logits_ = std::move(next_logits);
+}
+
+}  // namespace mhla
