@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libfmt-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev
-  libopenblas-dev libsentencepiece-dev
+  libopenblas-dev libsentencepiece-dev sentencepiece libxxhash-dev
 )
 
 missing=()
