@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mhla/safetensors.hpp"
+#include "support/cli.hpp"
 #include "support/reference.hpp"
 
 using namespace mhla;
@@ -25,46 +26,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
-public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "mhla-op-XXXXXX").string();
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-  fs::path path_;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-struct Run {
-  int status = -1;
-  std::string out, err;
-};
-
-// Runs `mhla <args>` with stdout and stderr captured in files of `dir`.
-Run run_cli(const TempDir& dir, const std::string& args) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string cmd = "'" MHLA_CLI_PATH "' " + args + " >'" + out + "' 2>'" + err + "'";
-  const int raw = std::system(cmd.c_str());
-  Run r;
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
+using test::Run;
+using test::TempDir;
+using test::run_cli;
+using test::slurp;
 
 // The usual arguments of one op run.
 std::string op_args(const std::string& in, const std::string& out, const std::string& mode,
