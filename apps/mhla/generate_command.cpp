@@ -54,6 +54,7 @@ void run_generate(const GenerateArgs& a) {
     return true;
   });
   std::printf("\n");
+  std::fflush(stdout);
   const auto& st = session.stats();
   std::fprintf(stderr, "mhla: %s; state %zu bytes at position %lld; seed %llu; finish: %s\n",
                timing_summary(st.prefill_tokens, st.prefill_seconds, st.decode_tokens, st.decode_seconds).c_str(),
