@@ -166,7 +166,7 @@ TEST_CASE("sampling frequencies follow the tempered softmax", "[sampling]") {
   for (std::size_t i = 0; i < logits.size(); ++i) CHECK(f[i] == Approx(expected[i]).margin(0.015));
 }
 
-TEST_CASE("-inf logits are never sampled", "[sampling]") {
+TEST_CASE("negative infinity logits are never sampled", "[sampling]") {
   const float ninf = -std::numeric_limits<float>::infinity();
   Sampler s(params(5.0f, 3));
   const auto f = histogram(s, std::vector<float>{ninf, 0.0f, ninf, 0.0f}, 1000);

@@ -45,7 +45,7 @@ TEST_CASE("seeded sampling is deterministic and a fork continues identically", "
   CHECK(a.next_logits() == fork.next_logits());
 }
 
-TEST_CASE("EOS and stop ids end a reply; ignore_eos goes on", "[session]") {
+TEST_CASE("EOS and stop ids end a reply while ignore_eos goes on", "[session]") {
   const Model m = Model::load(kData + "/models/tiny");
   SessionOptions greedy;
   greedy.sampling.temperature = 0;
