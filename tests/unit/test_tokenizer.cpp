@@ -154,7 +154,7 @@ TEST_CASE("a tokenizer round-trips text, including byte fallback", "[tokenizer]"
   CHECK(bytes == 4);
 }
 
-TEST_CASE("encode prepends BOS on request; decode drops it", "[tokenizer]") {
+TEST_CASE("encode prepends BOS on request and decode drops it", "[tokenizer]") {
   const auto& tok = tokenizer(GENERATE(false, true));
   const auto plain = tok.encode("hello world", false);
   const auto with_bos = tok.encode("hello world", true);
