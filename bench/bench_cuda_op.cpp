@@ -1,0 +1,175 @@
+// The CUDA operator's prefill and decode step on the MHLA-340M head layout (4 heads, dk 128,
+// dv 256, C 64, L 32, slide_mean), timed with CUDA events after warm-up (medians of repeats),
+// beside the device's measured ceilings: a device-to-device copy (bytes read + written per
+// second) and a large bf16 matrix product. Prints a table and one JSON line per figure.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mhla/cuda.hpp"
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+template <class F>
+double median_ms(F&& f, int warmup, int reps) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a);
+    f();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+__nv_bfloat16* random_bf16(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<__nv_bfloat16> h(n);
+  for (auto& x : h) x = __float2bfloat16(u(rng));
+  __nv_bfloat16* d = nullptr;
+  check(cudaMalloc(&d, n * sizeof(__nv_bfloat16)), "cudaMalloc");
+  check(cudaMemcpy(d, h.data(), n * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "cudaMemcpy");
+  return d;
+}
+
+void report(const std::string& what, double ms, double floor_ms, const std::string& extra = "") {
+  std::printf("%-34s %10.4f ms   floor %8.4f ms   x_floor %6.2f %s\n", what.c_str(), ms, floor_ms, ms / floor_ms,
+              extra.c_str());
+  std::printf("JSON {\"figure\":\"%s\",\"ms\":%.6f,\"floor_ms\":%.6f}\n", what.c_str(), ms, floor_ms);
+}
+
+}  // namespace
+
+int main() {
+  if (mhla::cuda::device_count() == 0) {
+    std::puts("skipped: no GPU");
+    return 77;
+  }
+  std::printf("device: %s\n", mhla::cuda::device_name(0).c_str());
+
+  // Ceilings.
+  const size_t copy_bytes = size_t{2} << 30;
+  char *ca = nullptr, *cb = nullptr;
+  check(cudaMalloc(&ca, copy_bytes), "cudaMalloc");
+  check(cudaMalloc(&cb, copy_bytes), "cudaMalloc");
+  cudaMemset(ca, 1, copy_bytes);
+  const double copy_ms = median_ms([&] { cudaMemcpy(cb, ca, copy_bytes, cudaMemcpyDeviceToDevice); }, 3, 10);
+  const double bw = 2.0 * copy_bytes / (copy_ms * 1e-3);  // bytes read + written per second
+  cudaFree(ca);
+  cudaFree(cb);
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  const int n = 8192;
+  auto* A = random_bf16(size_t{n} * n, 1);
+  auto* B = random_bf16(size_t{n} * n, 2);
+  auto* Cm = random_bf16(size_t{n} * n, 3);
+  const float one = 1, zero = 0;
+  const double gemm_ms = median_ms(
+      [&] {
+        cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF, n, &zero, Cm,
+                     CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      },
+      3, 10);
+  const double flops = 2.0 * n * n * double(n) / (gemm_ms * 1e-3);
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(Cm);
+  std::printf("ceilings: copy %.2f TB/s (read+write), bf16 GEMM %.1f TFLOP/s\n", bw / 1e12, flops / 1e12);
+  std::printf("JSON {\"figure\":\"copy_TBps\",\"value\":%.4f}\nJSON {\"figure\":\"bf16_gemm_TFLOPs\",\"value\":%.2f}\n",
+              bw / 1e12, flops / 1e12);
+
+  mhla::CausalOptions opt;
+  opt.layout = {4, 4, 128, 256};
+  opt.block_size = 64;
+  opt.rotary = true;
+  opt.policy = mhla::ContextPolicy::slide_mean;
+  const auto mixing = mhla::MixingWeights::locality_init(32);
+  const auto& L = opt.layout;
+  const double me = double(L.dk) * L.dv;
+
+  // Prefill: bytes the design must move at least (inputs, outputs, the block summaries written
+  // and read twice by the band product, the prefixes written and read) and its matrix FLOPs.
+  for (long long N : {2048LL, 8192LL, 32768LL, 131072LL}) {
+    mhla::cuda::GpuCausalOperator op(opt, mixing, 1, mhla::cuda::Precision::bf16, 64);
+    auto* q = random_bf16(N * L.heads * L.dk, 10);
+    auto* k = random_bf16(N * L.kv_heads * L.dk, 11);
+    auto* v = random_bf16(N * L.kv_heads * L.dv, 12);
+    float* o = nullptr;
+    check(cudaMalloc(&o, N * L.heads * L.dv * sizeof(float)), "cudaMalloc");
+    const int slot = op.acquire();
+    const double ms = median_ms(
+        [&] {
+          op.release(slot);
+          op.acquire();
+          op.prefill(slot, q, k, v, N, o);
+        },
+        2, 10);
+    const double blocks = double(N) / 64;
+    const double io = N * (L.heads * L.dk + L.kv_heads * L.dk + L.kv_heads * L.dv) * 2.0 + N * L.heads * L.dv * 4.0;
+    const double summaries = blocks * L.kv_heads * me * 2.0 * (1 + 2 + 1 + 1);
+    const double floor_ms = (io + summaries) / bw * 1e3;
+    report("op prefill N=" + std::to_string(N), ms, floor_ms);
+    cudaFree(q);
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(o);
+  }
+
+  // Decode: B sequences in steady long-context decoding, positions spread over the block so
+  // boundary recomputes run at their natural rate; 256 consecutive steps are timed.
+  for (int Bn : {1, 32, 256}) {
+    mhla::cuda::GpuCausalOperator op(opt, mixing, Bn, mhla::cuda::Precision::bf16, 64);
+    std::vector<int> slots;
+    mhla::CausalOperator cpu(opt, mixing);
+    for (int i = 0; i < Bn; ++i) {
+      slots.push_back(op.acquire());
+      mhla::CausalState st = cpu.new_state();
+      const long long pos = 4 * 2048 + (i * 37) % 64 + 1;
+      st.reset_to(pos, (pos - 1) / 64 - 30, 30);
+      op.upload(slots.back(), st);
+    }
+    auto* q = random_bf16(size_t(Bn) * L.heads * L.dk, 20);
+    auto* k = random_bf16(size_t(Bn) * L.kv_heads * L.dk, 21);
+    auto* v = random_bf16(size_t(Bn) * L.kv_heads * L.dv, 22);
+    float* o = nullptr;
+    check(cudaMalloc(&o, size_t(Bn) * L.heads * L.dv * sizeof(float)), "cudaMalloc");
+    const int steps = 256;
+    const double ms = median_ms(
+                          [&] {
+                            for (int s = 0; s < steps; ++s) op.decode(slots, q, k, v, o);
+                          },
+                          1, 5) /
+                      steps;
+    const double bytes = Bn * L.kv_heads * me * 4.0 * (3.0 + (30 + 4.0) / 64);
+    report("op decode step B=" + std::to_string(Bn), ms, bytes / bw * 1e3);
+    cudaFree(q);
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(o);
+  }
+  return 0;
+}

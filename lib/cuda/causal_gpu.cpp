@@ -1,0 +1,509 @@
+// GpuCausalOperator: the state pool, whole-sequence prefill and the batched decode step (host
+// side; the kernels are in the .cu files).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <fmt/format.h>
+
+#include "cuda/buffer.hpp"
+#include "cuda/check.hpp"
+#include "cuda/gemm.hpp"
+#include "cuda/kernels.cuh"
+#include "cuda/pinned.hpp"
+#include "mhla/cuda.hpp"
+
+namespace mhla::cuda {
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp p{};
+  MHLA_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return p.name;
+}
+
+namespace {
+
+// Host-side bookkeeping of a slot, the same counters CausalState keeps.
+struct SlotMeta {
+  bool used = false;
+  long long position = 0, folded = 0, tail = 0;
+  int recent = 0, oldest = 0;
+};
+
+template <class T>
+struct Host;
+template <>
+struct Host<float> {
+  static float from(float x) { return x; }
+};
+template <>
+struct Host<__nv_bfloat16> {
+  static __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
+};
+
+
+}  // namespace
+
+struct GpuCausalOperator::Impl {
+  CausalOptions opt;
+  MixingWeights weights;
+  Precision precision;
+  int tile_blocks;
+  int capacity;  // ring capacity, L - 2
+  long long me;  // dk * dv
+  long long slot_stride;
+  std::vector<SlotMeta> meta;
+  DeviceBuffer<float> pool;
+  cublasHandle_t blas = nullptr;
+  cudaStream_t stream = nullptr;
+
+  // Scratch, grown as needed.
+  DeviceBuffer<char> qf, kf, S, P, scores, eprev;
+  DeviceBuffer<float> tsum, otail;
+
+  // The weights a prefill of M blocks uses, built once per M: the band of each tile (its own
+  // blocks and the tile before), the diagonal and far-tail weight of every block, and ones
+  // for tile sums.
+  struct PrefillTables {
+    DeviceBuffer<char> band, ones;
+    DeviceBuffer<float> diag, tail;
+    std::vector<float> tail_host;
+  };
+  std::map<long long, PrefillTables> table_cache;
+  template <class T>
+  const PrefillTables& tables(long long M);
+
+  // Per-step tables of the decode step, in one pinned buffer copied with one transfer.
+  PinnedStep step;
+
+  Impl(CausalOptions o, MixingWeights w, int max_sequences, Precision p, int tile)
+      : opt(std::move(o)), weights(std::move(w)), precision(p), tile_blocks(tile) {
+    opt.validate();
+    const auto& L = opt.layout;
+    if (opt.normalize) throw Error("the CUDA backend covers the unnormalized causal form; run normalized MHLA on the CPU");
+    if (L.dv % 4 != 0) throw Error(fmt::format("the CUDA backend needs dv to be a multiple of 4, got {}", L.dv));
+    if (const int g = L.group(); g != 1 && g != 2 && g != 4 && g != 8)
+      throw Error(fmt::format("the CUDA backend handles 1, 2, 4 or 8 query heads per key/value head, not {}", g));
+    if (opt.policy != ContextPolicy::strict && weights.blocks() < 2)
+      throw Error("slide policies need a mixing matrix of at least 2 blocks");
+    if (tile_blocks < weights.blocks())
+      throw Error(fmt::format("the prefill tile ({} blocks) must hold at least L = {} blocks", tile_blocks, weights.blocks()));
+    if (max_sequences <= 0) throw Error("the state pool needs at least one slot");
+    if (device_count() == 0) throw Error("no CUDA device is available");
+    capacity = recent_capacity(weights.blocks());
+    me = static_cast<long long>(L.dk) * L.dv;
+    slot_stride = (CausalState::kFirstRecent + capacity) * L.kv_heads * me;
+    meta.resize(max_sequences);
+    pool.resize(static_cast<size_t>(slot_stride) * max_sequences);
+    MHLA_CUBLAS_CHECK(cublasCreate(&blas));
+    MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    MHLA_CUBLAS_CHECK(cublasSetStream(blas, stream));
+  }
+  ~Impl() {
+    if (blas) cublasDestroy(blas);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  SlotMeta& slot(int s) {
+    if (s < 0 || s >= static_cast<int>(meta.size()) || !meta[s].used)
+      throw Error(fmt::format("state slot {} is not in use", s));
+    return meta[s];
+  }
+  float* matrix(int s, int state_slot, int g) const {
+    return pool.data() + s * slot_stride + (static_cast<long long>(state_slot) * opt.layout.kv_heads + g) * me;
+  }
+  cudaDataType_t dtype() const { return precision == Precision::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+  size_t elem() const { return precision == Precision::bf16 ? 2 : 4; }
+
+  void check_window(long long position, long long tokens) const {
+    const long long window = static_cast<long long>(weights.blocks()) * opt.block_size;
+    if (opt.policy == ContextPolicy::strict && position + tokens > window)
+      throw RefusedError(fmt::format("token position {} is past the trained window of {} tokens; under the strict "
+                                     "policy nothing past the window is computed: use slide or slide_mean",
+                                     std::max(position, window), window));
+  }
+
+  template <class T>
+  void prefill(int s, const T* q, const T* k, const T* v, long long tokens, float* o);
+  template <class T>
+  void decode(std::span<const int> slots, const T* q, const T* k, const T* v, float* o);
+};
+
+template <class T>
+const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(long long M) {
+  if (auto it = table_cache.find(M); it != table_cache.end()) return it->second;
+  if (table_cache.size() >= 16) table_cache.clear();  // bounded: a server sees many lengths
+  const int TT = tile_blocks;
+  const int nt = static_cast<int>((M + TT - 1) / TT);
+  std::vector<T> band(static_cast<size_t>(nt) * TT * 2 * TT, Host<T>::from(0.0f)), one(TT, Host<T>::from(1.0f));
+  std::vector<float> dg(M), wt(M, 0.0f);
+  for (long long i = 0; i < M; ++i) {
+    const int t = static_cast<int>(i / TT), ii = static_cast<int>(i % TT);
+    dg[i] = static_cast<float>(effective_weight(weights, opt.policy, i, i));
+    if (t >= 2) wt[i] = static_cast<float>(effective_weight(weights, opt.policy, i, 0));
+    for (int jj = 0; jj < 2 * TT; ++jj) {
+      const long long b = static_cast<long long>(t - 1) * TT + jj;
+      if (b >= 0 && b < i)
+        band[(static_cast<size_t>(t) * TT + ii) * 2 * TT + jj] =
+            Host<T>::from(static_cast<float>(effective_weight(weights, opt.policy, i, b)));
+    }
+  }
+  PrefillTables& tab = table_cache[M];
+  auto copy = [&](DeviceBuffer<char>& dst, const void* src, size_t bytes) {
+    dst.resize(bytes);
+    MHLA_CUDA_CHECK(cudaMemcpy(dst.data(), src, bytes, cudaMemcpyHostToDevice));
+  };
+  copy(tab.band, band.data(), band.size() * sizeof(T));
+  copy(tab.ones, one.data(), one.size() * sizeof(T));
+  tab.diag.resize(dg.size());
+  MHLA_CUDA_CHECK(cudaMemcpy(tab.diag.data(), dg.data(), dg.size() * sizeof(float), cudaMemcpyHostToDevice));
+  tab.tail.resize(wt.size());
+  MHLA_CUDA_CHECK(cudaMemcpy(tab.tail.data(), wt.data(), wt.size() * sizeof(float), cudaMemcpyHostToDevice));
+  tab.tail_host = std::move(wt);
+  return tab;
+}
+
+template <class T>
+void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v, long long T_, float* o) {
+  SlotMeta& m = slot(s);
+  if (m.position != 0)
+    throw Error(fmt::format("GPU prefill starts from a fresh slot; slot {} is at position {}", s, m.position));
+  check_window(0, T_);
+  if (T_ <= 0) return;
+  const auto& L = opt.layout;
+  const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv, C = opt.block_size;
+  const int TT = tile_blocks;
+  const long long M = (T_ + C - 1) / C, Mf = T_ / C, rem = T_ - Mf * C;
+  const int nt = static_cast<int>((M + TT - 1) / TT);
+  const auto dt = dtype();
+
+  // Features.
+  qf.resize(T_ * H * dk * sizeof(T));
+  kf.resize(T_ * Hkv * dk * sizeof(T));
+  T* Qf = reinterpret_cast<T*>(qf.data());
+  T* Kf = reinterpret_cast<T*>(kf.data());
+  FeatureArgs fa{T_, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, 0, nullptr};
+  features(q, Qf, fa, stream);
+  fa.heads = Hkv;
+  fa.scale = 1.0f;
+  features(k, Kf, fa, stream);
+
+  const PrefillTables& tab = tables<T>(M);
+  const std::vector<float>& wt = tab.tail_host;
+
+  // Block summaries, one leading tile of zeros so every tile's band starts in bounds.
+  const long long s_blocks = static_cast<long long>(nt + 1) * TT;
+  S.resize(Hkv * s_blocks * me * sizeof(T));
+  P.resize(Hkv * static_cast<long long>(nt) * TT * me * sizeof(T));
+  MHLA_CUDA_CHECK(cudaMemsetAsync(S.data(), 0, Hkv * s_blocks * me * sizeof(T), stream));
+  T* Sall = reinterpret_cast<T*>(S.data());
+  T* Pall = reinterpret_cast<T*>(P.data());
+  // Far blocks (two tiles back and more) enter as one sum per tile: needed once there are
+  // three tiles, and for the final state's tail once it spans a whole tile.
+  const bool need_tail = nt > 2;
+  const long long last = M - 1;
+  const int recent = static_cast<int>(std::min<long long>(last, capacity));
+  const int tail_tiles = static_cast<int>((last - recent) / TT);
+  const bool need_sums = need_tail || tail_tiles > 0;
+  if (need_sums) tsum.resize(static_cast<size_t>(nt) * me);
+  if (need_tail) {
+    eprev.resize(static_cast<size_t>(nt) * me * sizeof(T));
+    otail.resize(static_cast<size_t>(T_) * H * dv);
+  }
+  scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
+  T* Sc = reinterpret_cast<T*>(scores.data());
+
+  for (int g = 0; g < Hkv; ++g) {
+    T* Sg = Sall + g * s_blocks * me;
+    T* Sb0 = Sg + TT * me;  // block 0
+    T* Pg = Pall + g * static_cast<long long>(nt) * TT * me;
+    RowMajorGemm sg{true, false, dk, dv, C, Kf + g * dk, Hkv * dk, static_cast<long long>(C) * Hkv * dk,
+                    v + g * dv, Hkv * dv, static_cast<long long>(C) * Hkv * dv, Sb0, dv, me, static_cast<int>(Mf)};
+    gemm(blas, sg, dt, dt);
+    if (rem > 0) {
+      sg.k = static_cast<int>(rem);
+      sg.a = Kf + (Mf * C * Hkv + g) * dk;
+      sg.b = v + (Mf * C * Hkv + g) * dv;
+      sg.c = Sb0 + Mf * me;
+      sg.batch = 1;
+      gemm(blas, sg, dt, dt);
+    }
+    const RowMajorGemm bandg{false, false, TT, static_cast<int>(me), 2 * TT, tab.band.data(), 2 * TT,
+                             static_cast<long long>(TT) * 2 * TT, Sg, me, TT * me, Pg, me, TT * me, nt};
+    gemm(blas, bandg, dt, dt);
+    if (need_sums) {
+      const RowMajorGemm sums{false, false, 1, static_cast<int>(me), TT, tab.ones.data(), TT, 0, Sb0, me, TT * me,
+                              tsum.data(), me, me, nt};
+      gemm(blas, sums, dt, CUDA_R_32F);
+    }
+    if (need_tail) tile_prefix_skip_one(tsum.data(), reinterpret_cast<T*>(eprev.data()), nt, me, stream);
+
+    for (int h = g * G; h < (g + 1) * G; ++h) {
+      // o = Q P for every block.
+      RowMajorGemm qp{false, false, C, dv, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Pg, dv, me,
+                      o + h * dv, H * dv, static_cast<long long>(C) * H * dv, static_cast<int>(Mf)};
+      gemm(blas, qp, dt, CUDA_R_32F);
+      // Intra-block triangle: scores = Q K^T, masked and weighted, then o += scores V.
+      RowMajorGemm qk{false, true, C, C, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Kf + g * dk,
+                      Hkv * dk, static_cast<long long>(C) * Hkv * dk, Sc, C, static_cast<long long>(C) * C,
+                      static_cast<int>(Mf)};
+      gemm(blas, qk, dt, dt);
+      RowMajorGemm sv{false, false, C, dv, C, Sc, C, static_cast<long long>(C) * C, v + g * dv, Hkv * dv,
+                      static_cast<long long>(C) * Hkv * dv, o + h * dv, H * dv, static_cast<long long>(C) * H * dv,
+                      static_cast<int>(Mf), 1.0f, 1.0f};
+      if (rem > 0) {
+        const long long r0 = Mf * C;
+        RowMajorGemm lqp = qp;
+        lqp.m = static_cast<int>(rem);
+        lqp.a = Qf + r0 * H * dk + h * dk;
+        lqp.b = Pg + Mf * me;
+        lqp.c = o + r0 * H * dv + h * dv;
+        lqp.batch = 1;
+        gemm(blas, lqp, dt, CUDA_R_32F);
+        RowMajorGemm lqk = qk;
+        lqk.m = lqk.n = static_cast<int>(rem);
+        lqk.a = lqp.a;
+        lqk.b = Kf + r0 * Hkv * dk + g * dk;
+        lqk.c = Sc + Mf * C * C;
+        lqk.batch = 1;
+        gemm(blas, lqk, dt, dt);
+      }
+      mask_scale_triangle(Sc, static_cast<int>(M), C, tab.diag.data(), stream);
+      gemm(blas, sv, dt, CUDA_R_32F);
+      if (rem > 0) {
+        const long long r0 = Mf * C;
+        RowMajorGemm lsv = sv;
+        lsv.m = lsv.k = static_cast<int>(rem);
+        lsv.a = Sc + Mf * C * C;
+        lsv.b = v + r0 * Hkv * dv + g * dv;
+        lsv.c = o + r0 * H * dv + h * dv;
+        lsv.batch = 1;
+        gemm(blas, lsv, dt, CUDA_R_32F);
+      }
+      // Far blocks summed in tiles: otail = Q E for the tokens of every tile from the third on
+      // (tiles are runs of whole blocks, so of consecutive tokens); weighted per block below.
+      if (need_tail) {
+        const long long tile_tokens = static_cast<long long>(TT) * C;
+        RowMajorGemm far{false, false, static_cast<int>(tile_tokens), dv, dk, Qf + 2 * tile_tokens * H * dk + h * dk,
+                         H * dk, tile_tokens * H * dk, reinterpret_cast<T*>(eprev.data()) + 2 * me, dv, me,
+                         otail.data() + 2 * tile_tokens * H * dv + h * dv, H * dv, tile_tokens * H * dv,
+                         static_cast<int>(T_ / tile_tokens) - 2};
+        gemm(blas, far, dt, CUDA_R_32F);
+        const long long done = std::max(2LL, T_ / tile_tokens) * tile_tokens;
+        if (done < T_) {
+          far.m = static_cast<int>(T_ - done);
+          far.a = Qf + done * H * dk + h * dk;
+          far.b = reinterpret_cast<T*>(eprev.data()) + (done / tile_tokens) * me;
+          far.c = otail.data() + done * H * dv + h * dv;
+          far.batch = 1;
+          gemm(blas, far, dt, CUDA_R_32F);
+        }
+      }
+    }
+
+    // The final state: P and A of the last block, the newest summaries one by one, the rest in
+    // the tail (whole tiles from their sums).
+    convert(Pg + last * me, matrix(s, CausalState::kPrefix, g), me, stream);
+    convert(Sb0 + last * me, matrix(s, CausalState::kRunning, g), me, stream);
+    for (int r = 1; r <= recent; ++r)
+      convert(Sb0 + (last - r) * me, matrix(s, CausalState::kFirstRecent + recent - r, g), me, stream);
+    float* tail = matrix(s, CausalState::kTail, g);
+    sum_matrices(tsum.data(), me, tail_tiles, me, 1.0f, tail, false, stream);
+    sum_matrices(Sb0 + static_cast<long long>(tail_tiles) * TT * me, me,
+                 static_cast<int>(last - recent - static_cast<long long>(tail_tiles) * TT), me, 1.0f, tail, true, stream);
+    // The band product left the far tiles out of P; the state's P holds them.
+    if (wt[last] != 0.0f)
+      sum_matrices(reinterpret_cast<T*>(eprev.data()) + (last / TT) * me, me, 1, me, wt[last],
+                   matrix(s, CausalState::kPrefix, g), true, stream);
+  }
+  if (need_tail) {
+    const long long start = 2LL * TT * C;  // earlier tokens have no far tiles
+    add_weighted_rows(o + start * H * dv, otail.data() + start * H * dv, T_ - start, H * dv, C,
+                      tab.tail.data() + 2 * TT, stream);
+  }
+
+  m.position = T_;
+  m.folded = last;
+  m.recent = recent;
+  m.tail = last - recent;
+  m.oldest = 0;
+}
+
+template <class T>
+void GpuCausalOperator::Impl::decode(std::span<const int> slots, const T* q, const T* k, const T* v, float* o) {
+  const int B = static_cast<int>(slots.size());
+  for (int i = 0; i < B; ++i) {
+    check_window(slot(slots[i]).position, 1);
+    for (int j = i + 1; j < B; ++j)
+      if (slots[i] == slots[j]) throw Error(fmt::format("a decode step names slot {} twice", slots[i]));
+  }
+  const int C = opt.block_size;
+  const int terms = capacity + 1;
+  std::vector<int> close_slot, push_to, fold, term_slot;
+  std::vector<float> term_weight, dg(B);
+  std::vector<long long> pos(B);
+  for (int i = 0; i < B; ++i) {
+    SlotMeta& m = meta[slots[i]];
+    if (m.position > 0 && m.position - m.folded * C == C) {
+      // Mirror of CausalState::close_block: weights first, then the ring moves.
+      const bool full = m.recent == capacity;
+      const auto row = block_row_weights(weights, opt.policy, m.folded + 1, m.tail + (full ? 1 : 0));
+      close_slot.push_back(slots[i]);
+      if (capacity == 0) {
+        fold.push_back(-1);
+        push_to.push_back(-1);
+        ++m.tail;
+      } else if (!full) {
+        fold.push_back(-1);
+        push_to.push_back(CausalState::kFirstRecent + (m.oldest + m.recent) % capacity);
+        ++m.recent;
+      } else {
+        fold.push_back(CausalState::kFirstRecent + m.oldest);
+        push_to.push_back(CausalState::kFirstRecent + m.oldest);
+        ++m.tail;
+        m.oldest = (m.oldest + 1) % capacity;
+      }
+      ++m.folded;
+      std::vector<int> ts(terms, -1);
+      std::vector<float> tw(terms, 0.0f);
+      int n = 0;
+      if (m.tail > 0) ts[n] = CausalState::kTail, tw[n++] = row.tail;
+      for (int r = 1; r <= static_cast<int>(row.by_distance.size()); ++r)
+        ts[n] = CausalState::kFirstRecent + (m.oldest + m.recent - r) % capacity, tw[n++] = row.by_distance[r - 1];
+      term_slot.insert(term_slot.end(), ts.begin(), ts.end());
+      term_weight.insert(term_weight.end(), tw.begin(), tw.end());
+    }
+    dg[i] = block_row_weights(weights, opt.policy, m.folded, m.tail).diagonal;
+    pos[i] = m.position;
+  }
+  // The step's tables, packed: positions, then slots and the close-block indices, then weights.
+  const size_t nc = close_slot.size();
+  const size_t n_long = B, n_int = B + 3 * nc + term_slot.size(), n_float = B + term_weight.size();
+  const size_t bytes = n_long * sizeof(long long) + n_int * sizeof(int) + n_float * sizeof(float);
+  char* h = step.host(bytes);
+  auto put = [&h](const auto* src, size_t n) {
+    std::memcpy(h, src, n * sizeof(*src));
+    h += n * sizeof(*src);
+  };
+  put(pos.data(), pos.size());
+  put(slots.data(), slots.size());
+  put(close_slot.data(), nc);
+  put(push_to.data(), nc);
+  put(fold.data(), nc);
+  put(term_slot.data(), term_slot.size());
+  put(dg.data(), dg.size());
+  put(term_weight.data(), term_weight.size());
+  char* d = step.send(bytes, stream);
+  const auto* d_pos = reinterpret_cast<const long long*>(d);
+  const int* d_int = reinterpret_cast<const int*>(d + n_long * sizeof(long long));
+  const float* d_float = reinterpret_cast<const float*>(d + n_long * sizeof(long long) + n_int * sizeof(int));
+
+  const auto& L = opt.layout;
+  CloseBlockArgs ca{static_cast<int>(nc), L.kv_heads, me, pool.data(), slot_stride, terms, d_int + B,
+                    d_int + B + nc, d_int + B + 2 * nc, d_int + B + 3 * nc, d_float + B};
+  close_blocks(ca, stream);
+  DecodeArgs da{B, L.heads, L.kv_heads, L.dk, L.dv, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary,
+                opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float};
+  decode_step(q, k, v, o, da, stream);
+  for (int i = 0; i < B; ++i) ++meta[slots[i]].position;
+}
+
+GpuCausalOperator::GpuCausalOperator(CausalOptions options, MixingWeights weights, int max_sequences,
+                                     Precision precision, int prefill_tile_blocks)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(weights), max_sequences, precision,
+                                   std::max(prefill_tile_blocks, 1))) {}
+GpuCausalOperator::GpuCausalOperator(GpuCausalOperator&&) noexcept = default;
+GpuCausalOperator& GpuCausalOperator::operator=(GpuCausalOperator&&) noexcept = default;
+GpuCausalOperator::~GpuCausalOperator() = default;
+
+const CausalOptions& GpuCausalOperator::options() const { return impl_->opt; }
+Precision GpuCausalOperator::precision() const { return impl_->precision; }
+size_t GpuCausalOperator::slot_bytes() const { return impl_->slot_stride * sizeof(float); }
+
+int GpuCausalOperator::acquire() {
+  for (size_t s = 0; s < impl_->meta.size(); ++s)
+    if (!impl_->meta[s].used) {
+      impl_->meta[s] = SlotMeta{};
+      impl_->meta[s].used = true;
+      const long long fresh = CausalState::kFirstRecent * impl_->opt.layout.kv_heads * impl_->me;
+      MHLA_CUDA_CHECK(cudaMemsetAsync(impl_->matrix(static_cast<int>(s), 0, 0), 0, fresh * sizeof(float), impl_->stream));
+      return static_cast<int>(s);
+    }
+  throw Error(fmt::format("all {} state slots are in use; release one or make a larger pool", impl_->meta.size()));
+}
+
+void GpuCausalOperator::release(int slot) { impl_->slot(slot).used = false; }
+long long GpuCausalOperator::position(int slot) const { return impl_->slot(slot).position; }
+
+void GpuCausalOperator::upload(int slot, const CausalState& st) {
+  auto& m = impl_->slot(slot);
+  const auto& a = st.layout();
+  const auto& b = impl_->opt.layout;
+  if (a.heads != b.heads || a.kv_heads != b.kv_heads || a.dk != b.dk || a.dv != b.dv ||
+      st.block_size() != impl_->opt.block_size || st.mixing_blocks() != impl_->weights.blocks() || st.normalized())
+    throw Error("the state was made for a different operator configuration");
+  const size_t bytes = impl_->me * sizeof(float);
+  for (int g = 0; g < b.kv_heads; ++g) {
+    for (int k : {CausalState::kPrefix, CausalState::kRunning, CausalState::kTail})
+      MHLA_CUDA_CHECK(cudaMemcpyAsync(impl_->matrix(slot, k, g), st.matrix(k, g), bytes, cudaMemcpyHostToDevice, impl_->stream));
+    for (int r = 1; r <= st.recent_count(); ++r)
+      MHLA_CUDA_CHECK(cudaMemcpyAsync(impl_->matrix(slot, CausalState::kFirstRecent + st.recent_count() - r, g),
+                                      st.matrix(st.recent_slot(r), g), bytes, cudaMemcpyHostToDevice, impl_->stream));
+  }
+  MHLA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+  m.position = st.position();
+  m.folded = st.current_block();
+  m.tail = st.tail_blocks();
+  m.recent = st.recent_count();
+  m.oldest = 0;
+}
+
+CausalState GpuCausalOperator::download(int slot) const {
+  const auto& m = impl_->slot(slot);
+  CausalState st(impl_->opt.layout, impl_->opt.block_size, impl_->weights.blocks(), false);
+  st.reset_to(m.position, m.tail, m.recent);
+  const size_t bytes = impl_->me * sizeof(float);
+  for (int g = 0; g < impl_->opt.layout.kv_heads; ++g) {
+    for (int k : {CausalState::kPrefix, CausalState::kRunning, CausalState::kTail})
+      MHLA_CUDA_CHECK(cudaMemcpyAsync(st.matrix(k, g), impl_->matrix(slot, k, g), bytes, cudaMemcpyDeviceToHost, impl_->stream));
+    for (int r = 1; r <= m.recent; ++r) {
+      const int ring = impl_->capacity ? (m.oldest + m.recent - r) % impl_->capacity : 0;
+      MHLA_CUDA_CHECK(cudaMemcpyAsync(st.matrix(st.recent_slot(r), g),
+                                      impl_->matrix(slot, CausalState::kFirstRecent + ring, g), bytes,
+                                      cudaMemcpyDeviceToHost, impl_->stream));
+    }
+  }
+  MHLA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+  return st;
+}
+
+void GpuCausalOperator::prefill(int slot, const void* q, const void* k, const void* v, long long tokens, float* o) {
+  if (impl_->precision == Precision::bf16)
+    impl_->prefill(slot, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
+                   static_cast<const __nv_bfloat16*>(v), tokens, o);
+  else
+    impl_->prefill(slot, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
+                   tokens, o);
+}
+
+void GpuCausalOperator::decode(std::span<const int> slots, const void* q, const void* k, const void* v, float* o) {
+  if (impl_->precision == Precision::bf16)
+    impl_->decode(slots, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
+                  static_cast<const __nv_bfloat16*>(v), o);
+  else
+    impl_->decode(slots, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), o);
+}
+
+void GpuCausalOperator::synchronize() const { MHLA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+
+}  // namespace mhla::cuda

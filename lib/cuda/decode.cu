@@ -1,0 +1,149 @@
+// The batched decode step and the block-boundary recompute.
+#include <cuda_bf16.h>
+
+#include "cuda/check.hpp"
+#include "cuda/kernels.cuh"
+#include "mhla/error.hpp"
+
+namespace mhla::cuda {
+
+namespace {
+
+__device__ inline float load(const float* p) { return *p; }
+__device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+__device__ inline float phi(FeatureMap fm, float x, float eps) {
+  switch (fm) {
+    case FeatureMap::relu: return fmaxf(x, 0.0f);
+    case FeatureMap::relu_eps: return fmaxf(x, 0.0f) + eps;
+    case FeatureMap::elu1: return x > 0.0f ? x + 1.0f : expf(x);
+    case FeatureMap::identity: return x;
+  }
+  return x;
+}
+
+// Features of one row of width d into shared memory, by the whole thread block.
+template <class T>
+__device__ void row_features(const T* in, float* out, int d, const DecodeArgs& a, long long pos, float scale) {
+  const int half = d / 2;
+  for (int j = threadIdx.x; j < (a.rotary ? half : d); j += blockDim.x) {
+    if (!a.rotary) {
+      out[j] = phi(a.feature_map, load(in + j), a.eps) * scale;
+      continue;
+    }
+    double sn, cs;
+    sincos(static_cast<double>(pos) * pow(a.base, -2.0 * j / d), &sn, &cs);
+    const float x = phi(a.feature_map, load(in + j), a.eps) * scale;
+    const float y = phi(a.feature_map, load(in + j + half), a.eps) * scale;
+    out[j] = x * static_cast<float>(cs) - y * static_cast<float>(sn);
+    out[j + half] = y * static_cast<float>(cs) + x * static_cast<float>(sn);
+  }
+}
+
+// Block (sequence, kv head); each thread owns 4 adjacent value columns and walks the dk rows of
+// P and A once: A += k v^T and o_h += q_h (P + w A) for the G query heads of the group.
+template <class T, int G>
+__global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, DecodeArgs a) {
+  extern __shared__ float sh[];
+  float* kf = sh;            // dk
+  float* qf = sh + a.dk;     // G * dk
+  const int b = blockIdx.x, g = blockIdx.y;
+  const long long pos = a.positions[b];
+  row_features(k + (static_cast<long long>(b) * a.kv_heads + g) * a.dk, kf, a.dk, a, pos, 1.0f);
+  for (int h = 0; h < G; ++h)
+    row_features(q + (static_cast<long long>(b) * a.heads + g * G + h) * a.dk, qf + h * a.dk, a.dk, a, pos, a.scale);
+  __syncthreads();
+
+  const int x = threadIdx.x * 4;
+  if (x >= a.dv) return;
+  const long long me = static_cast<long long>(a.dk) * a.dv;
+  float* slot = a.pool + a.slots[b] * a.slot_stride;
+  const float* P = slot + g * me;                              // state slot 0
+  float* A = slot + (static_cast<long long>(a.kv_heads) + g) * me;  // state slot 1
+  const T* vr = v + (static_cast<long long>(b) * a.kv_heads + g) * a.dv + x;
+  const float v0 = load(vr), v1 = load(vr + 1), v2 = load(vr + 2), v3 = load(vr + 3);
+  const float w = a.diagonal[b];
+  float4 acc[G];
+#pragma unroll
+  for (int h = 0; h < G; ++h) acc[h] = make_float4(0, 0, 0, 0);
+#pragma unroll 4
+  for (int j = 0; j < a.dk; ++j) {
+    const long long off = static_cast<long long>(j) * a.dv + x;
+    const float4 p = *reinterpret_cast<const float4*>(P + off);
+    float4 s = *reinterpret_cast<const float4*>(A + off);
+    const float kj = kf[j];
+    s.x += kj * v0;
+    s.y += kj * v1;
+    s.z += kj * v2;
+    s.w += kj * v3;
+    *reinterpret_cast<float4*>(A + off) = s;
+    const float4 m = make_float4(p.x + w * s.x, p.y + w * s.y, p.z + w * s.z, p.w + w * s.w);
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const float qj = qf[h * a.dk + j];
+      acc[h].x += qj * m.x;
+      acc[h].y += qj * m.y;
+      acc[h].z += qj * m.z;
+      acc[h].w += qj * m.w;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+    *reinterpret_cast<float4*>(o + (static_cast<long long>(b) * a.heads + g * G + h) * a.dv + x) = acc[h];
+}
+
+// Block (sequence, kv head, element tile).
+__global__ void close_blocks_kernel(CloseBlockArgs a) {
+  const int i = blockIdx.x, g = blockIdx.y;
+  const long long e = blockIdx.z * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (e >= a.matrix) return;
+  float* slot = a.pool + a.slots[i] * a.slot_stride;
+  auto at = [&](int state_slot) { return slot + (static_cast<long long>(state_slot) * a.kv_heads + g) * a.matrix + e; };
+  const float running = *at(1);
+  if (a.fold[i] >= 0) *at(2) += *at(a.fold[i]);
+  if (a.push_to[i] >= 0)
+    *at(a.push_to[i]) = running;
+  else
+    *at(2) += running;
+  *at(1) = 0.0f;
+  float p = 0.0f;
+  for (int t = 0; t < a.max_terms; ++t) {
+    const int s = a.term_slot[i * a.max_terms + t];
+    if (s >= 0) p += a.term_weight[i * a.max_terms + t] * *at(s);
+  }
+  *at(0) = p;
+}
+
+}  // namespace
+
+template <class T>
+void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs& a, cudaStream_t s) {
+  if (a.batch == 0) return;
+  const int G = a.heads / a.kv_heads;
+  const dim3 grid(a.batch, a.kv_heads);
+  const unsigned threads = static_cast<unsigned>((a.dv / 4 + 31) / 32 * 32);
+  const size_t shared = static_cast<size_t>(a.dk) * (1 + G) * sizeof(float);
+  switch (G) {
+    case 1: decode_kernel<T, 1><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
+    case 2: decode_kernel<T, 2><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
+    case 4: decode_kernel<T, 4><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
+    case 8: decode_kernel<T, 8><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
+    default:
+      throw Error("the CUDA decode step handles 1, 2, 4 or 8 query heads per key/value head, not " + std::to_string(G));
+  }
+  MHLA_CUDA_LAUNCHED();
+}
+
+void close_blocks(const CloseBlockArgs& a, cudaStream_t s) {
+  if (a.count == 0) return;
+  constexpr unsigned threads = 256;
+  const dim3 grid(a.count, a.kv_heads, static_cast<unsigned>((a.matrix + threads - 1) / threads));
+  close_blocks_kernel<<<grid, threads, 0, s>>>(a);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template void decode_step<float>(const float*, const float*, const float*, float*, const DecodeArgs&, cudaStream_t);
+template void decode_step<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, float*,
+                                         const DecodeArgs&, cudaStream_t);
+
+}  // namespace mhla::cuda

@@ -1,0 +1,156 @@
+// Small element-wise kernels of the prefill: features, triangle masks, weighted row sums,
+// tile prefixes, conversions.
+#include <cuda_bf16.h>
+
+#include "cuda/check.hpp"
+#include "cuda/kernels.cuh"
+
+namespace mhla::cuda {
+
+namespace {
+
+__device__ inline float load(const float* p) { return *p; }
+__device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline void store(float* p, float x) { *p = x; }
+__device__ inline void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
+
+__device__ inline float phi(FeatureMap fm, float x, float eps) {
+  switch (fm) {
+    case FeatureMap::relu: return fmaxf(x, 0.0f);
+    case FeatureMap::relu_eps: return fmaxf(x, 0.0f) + eps;
+    case FeatureMap::elu1: return x > 0.0f ? x + 1.0f : expf(x);
+    case FeatureMap::identity: return x;
+  }
+  return x;
+}
+
+// One thread per rotary pair (j, j + d/2) of one row and head.
+template <class T>
+__global__ void features_kernel(const T* in, T* out, FeatureArgs a) {
+  const int half = a.rotary ? a.d / 2 : a.d;
+  const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const long long total = a.rows * a.heads * half;
+  if (idx >= total) return;
+  const int j = static_cast<int>(idx % half);
+  const long long rh = idx / half;  // row * heads + head
+  const long long base = rh * a.d;
+  if (!a.rotary) {
+    store(out + base + j, phi(a.feature_map, load(in + base + j), a.eps) * a.scale);
+    return;
+  }
+  const long long row = rh / a.heads;
+  const double t = static_cast<double>(a.positions ? a.positions[row] : a.first + row);
+  const double angle = t * pow(a.base, -2.0 * j / a.d);
+  double sn, cs;
+  sincos(angle, &sn, &cs);
+  const float x = phi(a.feature_map, load(in + base + j), a.eps) * a.scale;
+  const float y = phi(a.feature_map, load(in + base + j + half), a.eps) * a.scale;
+  store(out + base + j, x * static_cast<float>(cs) - y * static_cast<float>(sn));
+  store(out + base + j + half, y * static_cast<float>(cs) + x * static_cast<float>(sn));
+}
+
+template <class T>
+__global__ void mask_scale_kernel(T* scores, int blocks, int C, const float* diag) {
+  const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (idx >= static_cast<long long>(blocks) * C * C) return;
+  const int b = static_cast<int>(idx / (static_cast<long long>(C) * C));
+  const int r = static_cast<int>((idx / C) % C), c = static_cast<int>(idx % C);
+  store(scores + idx, c > r ? 0.0f : load(scores + idx) * diag[b]);
+}
+
+__global__ void add_weighted_rows_kernel(float* o, const float* extra, long long tokens, int width, int C,
+                                         const float* w) {
+  const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (idx >= tokens * width) return;
+  o[idx] += w[(idx / width) / C] * extra[idx];
+}
+
+template <class T>
+__global__ void tile_prefix_kernel(const float* in, T* out, int tiles, long long width) {
+  const long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (e >= width) return;
+  float acc = 0.0f;
+  for (int t = 0; t < tiles; ++t) {
+    store(out + t * width + e, acc);
+    if (t >= 1) acc += in[(t - 1) * width + e];
+  }
+}
+
+template <class From, class To>
+__global__ void convert_kernel(const From* in, To* out, long long n) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i < n) store(out + i, load(in + i));
+}
+
+template <class T>
+__global__ void sum_matrices_kernel(const T* in, long long stride, int count, long long width, float weight,
+                                    float* out, bool accumulate) {
+  const long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (e >= width) return;
+  float acc = 0.0f;
+  for (int i = 0; i < count; ++i) acc += load(in + i * stride + e);
+  out[e] = (accumulate ? out[e] : 0.0f) + weight * acc;
+}
+
+constexpr int kThreads = 256;
+unsigned blocks_for(long long n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+template <class T>
+void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s) {
+  const long long n = a.rows * a.heads * (a.rotary ? a.d / 2 : a.d);
+  if (n == 0) return;
+  features_kernel<<<blocks_for(n), kThreads, 0, s>>>(in, out, a);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template <class T>
+void mask_scale_triangle(T* scores, int blocks, int C, const float* diag, cudaStream_t s) {
+  const long long n = static_cast<long long>(blocks) * C * C;
+  if (n == 0) return;
+  mask_scale_kernel<<<blocks_for(n), kThreads, 0, s>>>(scores, blocks, C, diag);
+  MHLA_CUDA_LAUNCHED();
+}
+
+void add_weighted_rows(float* o, const float* extra, long long tokens, int width, int C, const float* w,
+                       cudaStream_t s) {
+  if (tokens == 0) return;
+  add_weighted_rows_kernel<<<blocks_for(tokens * width), kThreads, 0, s>>>(o, extra, tokens, width, C, w);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template <class T>
+void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, cudaStream_t s) {
+  tile_prefix_kernel<<<blocks_for(width), kThreads, 0, s>>>(in, out, tiles, width);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template <class From, class To>
+void convert(const From* in, To* out, long long n, cudaStream_t s) {
+  if (n == 0) return;
+  convert_kernel<<<blocks_for(n), kThreads, 0, s>>>(in, out, n);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template <class T>
+void sum_matrices(const T* in, long long stride, int count, long long width, float weight, float* out,
+                  bool accumulate, cudaStream_t s) {
+  sum_matrices_kernel<<<blocks_for(width), kThreads, 0, s>>>(in, stride, count, width, weight, out, accumulate);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template void features<float>(const float*, float*, const FeatureArgs&, cudaStream_t);
+template void features<__nv_bfloat16>(const __nv_bfloat16*, __nv_bfloat16*, const FeatureArgs&, cudaStream_t);
+template void mask_scale_triangle<float>(float*, int, int, const float*, cudaStream_t);
+template void mask_scale_triangle<__nv_bfloat16>(__nv_bfloat16*, int, int, const float*, cudaStream_t);
+template void tile_prefix_skip_one<float>(const float*, float*, int, long long, cudaStream_t);
+template void tile_prefix_skip_one<__nv_bfloat16>(const float*, __nv_bfloat16*, int, long long, cudaStream_t);
+template void convert<float, float>(const float*, float*, long long, cudaStream_t);
+template void convert<__nv_bfloat16, float>(const __nv_bfloat16*, float*, long long, cudaStream_t);
+template void convert<float, __nv_bfloat16>(const float*, __nv_bfloat16*, long long, cudaStream_t);
+template void sum_matrices<float>(const float*, long long, int, long long, float, float*, bool, cudaStream_t);
+template void sum_matrices<__nv_bfloat16>(const __nv_bfloat16*, long long, int, long long, float, float*, bool,
+                                          cudaStream_t);
+
+}  // namespace mhla::cuda

@@ -1,0 +1,81 @@
+#pragma once
+// Launchers of the CUDA kernels of causal MHLA. Each declares only the host function; the
+// kernels live in the matching .cu files.
+#include <cuda_runtime.h>
+
+#include "mhla/options.hpp"
+
+namespace mhla::cuda {
+
+// phi, rotary (rotate-half, angles in float64 on the device) and scale, row by row:
+// in/out [rows][heads][d]; row r sits at position positions[r] if given, else first + r.
+struct FeatureArgs {
+  long long rows = 0;
+  int heads = 0, d = 0;
+  FeatureMap feature_map = FeatureMap::relu;
+  float eps = 0, scale = 1;
+  bool rotary = false;
+  double base = 10000;
+  long long first = 0;
+  const long long* positions = nullptr;
+};
+template <class T>
+void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s);
+
+// Scores of the intra-block triangle, [blocks][C][C] (last block may have fewer rows/cols):
+// zero above the diagonal and multiply block b by diag[b]. `n` is the columns in use.
+template <class T>
+void mask_scale_triangle(T* scores, int blocks, int C, const float* diag, cudaStream_t s);
+
+// o[t][h][x] += w[block(t)] * extra[t][h][x] for t in [0, tokens), block = t / C.
+void add_weighted_rows(float* o, const float* extra, long long tokens, int width, int C, const float* w,
+                       cudaStream_t s);
+
+// Exclusive-by-two prefix of tile sums: out[t] = sum_{t' <= t-2} in[t'], per element (width).
+template <class T>
+void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, cudaStream_t s);
+
+// Element-wise conversion.
+template <class From, class To>
+void convert(const From* in, To* out, long long n, cudaStream_t s);
+
+// out[e] (+)= weight * sum of `count` matrices of `width` elements starting at `in`, each
+// `stride` apart; added to out when accumulate.
+template <class T>
+void sum_matrices(const T* in, long long stride, int count, long long width, float weight, float* out,
+                  bool accumulate, cudaStream_t s);
+
+struct DecodeArgs {
+  int batch = 0, heads = 0, kv_heads = 0, dk = 0, dv = 0;
+  FeatureMap feature_map = FeatureMap::relu;
+  float eps = 0, scale = 1;
+  bool rotary = false;
+  double base = 10000;
+  float* pool = nullptr;           // state slots
+  long long slot_stride = 0;       // floats per slot
+  const int* slots = nullptr;      // [batch]
+  const long long* positions = nullptr;  // [batch]: the token's position
+  const float* diagonal = nullptr;       // [batch]: W[i][i] of its block
+};
+// One token per sequence: A += k v^T, o = q (P + w A), in one pass over P and A.
+template <class T>
+void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs& a, cudaStream_t s);
+
+struct CloseBlockArgs {
+  int count = 0;                 // sequences whose block closes
+  int kv_heads = 0;
+  long long matrix = 0;          // dk * dv
+  float* pool = nullptr;
+  long long slot_stride = 0;
+  int max_terms = 0;             // columns of the per-sequence term arrays
+  const int* slots = nullptr;    // [count]
+  const int* push_to = nullptr;  // [count]: state slot index receiving A (3 + ring index), -1: into the tail
+  const int* fold = nullptr;     // [count]: state slot index folded into the tail first, or -1
+  const int* term_slot = nullptr;      // [count][max_terms]: state slot index of each term, -1 unused
+  const float* term_weight = nullptr;  // [count][max_terms]
+};
+// Closes full blocks: pushes A into the ring (folding the oldest into the tail), clears A and
+// recomputes P = sum of weighted terms (recent summaries and the tail).
+void close_blocks(const CloseBlockArgs& a, cudaStream_t s);
+
+}  // namespace mhla::cuda
