@@ -12,5 +12,6 @@ void add_chat_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_state_command(CLI::App& app);
 
 }  // namespace mhla::cli

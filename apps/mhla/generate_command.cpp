@@ -1,8 +1,12 @@
-// mhla generate: stream a completion of a prompt to stdout.
+// mhla generate: stream a completion of a prompt to stdout; optionally continue a saved session
+// and save the session afterwards.
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "mhla/checkpoint.hpp"
 #include "mhla/error.hpp"
 #include "mhla/session.hpp"
 #include "model_args.hpp"
@@ -23,19 +27,52 @@ struct GenerateArgs {
   bool print_ids = false;
   std::vector<std::string> stop;
   SamplingFlags sampling;
+  std::string save_state;
+  std::string resume;
+  std::string summaries = "f32";
 };
 
-void run_generate(const GenerateArgs& a) {
-  const LoadedModel m = load_model(a.model);
-  SessionOptions opt;
-  opt.policy = parse_policy(a.policy);
-  opt.prefill_chunk = a.chunk;
-  opt.sampling = a.sampling.params();
-  Session session(m.model, m.tokenizer_ptr(), opt);
+// A fresh session, or the saved one (verified whole before use) with the flags given on this
+// command line applied on top: each sampling flag overrides only its own setting, --seed
+// reseeds, --policy may go from strict to a slide policy, --chunk changes later prefills.
+Session start_session(const GenerateArgs& a, const LoadedModel& m, const CLI::App& cmd) {
+  if (a.resume.empty()) {
+    SessionOptions opt;
+    opt.policy = parse_policy(a.policy);
+    opt.prefill_chunk = a.chunk;
+    opt.sampling = a.sampling.params();
+    return Session(m.model, m.tokenizer_ptr(), opt);
+  }
+  const SessionSnapshot saved = read_state_file(a.resume, m.model);
+  ResumeOptions ro;
+  if (cmd.count("--policy")) ro.policy = parse_policy(a.policy);
+  if (cmd.count("--chunk")) ro.prefill_chunk = a.chunk;
+  Session session = resume(saved, m.model, m.tokenizer_ptr(), ro);
+  SamplingParams p = session.sampler().params();
+  const SamplingFlags& f = a.sampling;
+  if (cmd.count("--temperature")) p.temperature = f.temperature;
+  if (cmd.count("--top-k")) p.top_k = f.top_k;
+  if (cmd.count("--top-p")) p.top_p = f.top_p;
+  if (cmd.count("--min-p")) p.min_p = f.min_p;
+  if (cmd.count("--repeat-penalty")) p.repeat_penalty = f.repeat_penalty;
+  session.sampler().set_params(p);
+  if (f.seed) session.sampler().reseed(*f.seed);
+  std::fprintf(stderr, "mhla: resumed %s at position %lld\n", a.resume.c_str(), session.position());
+  return session;
+}
 
-  const std::vector<int> prompt =
-      a.prompt_ids.empty() ? session.encode(a.prompt, !a.no_bos) : parse_ids(a.prompt_ids, "--prompt-ids");
-  if (prompt.empty()) throw Error("the prompt is empty: give some text or token ids");
+void run_generate(const GenerateArgs& a, const CLI::App& cmd) {
+  const LoadedModel m = load_model(a.model);
+  const SummaryStorage summaries = parse_summary_storage(a.summaries);
+  Session session = start_session(a, m, cmd);
+
+  // A resumed session continues mid-sequence, so its new text gets no BOS.
+  std::vector<int> prompt;
+  if (!a.prompt_ids.empty())
+    prompt = parse_ids(a.prompt_ids, "--prompt-ids");
+  else if (a.resume.empty() || !a.prompt.empty())
+    prompt = session.encode(a.prompt, a.resume.empty() && !a.no_bos);
+  if (prompt.empty() && a.resume.empty()) throw Error("the prompt is empty: give some text or token ids");
   session.append(prompt);
 
   StopCriteria stop;
@@ -61,6 +98,12 @@ void run_generate(const GenerateArgs& a) {
                session.state_bytes(), session.position(),
                static_cast<unsigned long long>(session.sampler().params().seed),
                std::string(to_string(result.reason)).c_str());
+  if (!a.save_state.empty()) {
+    save_session(a.save_state, session, summaries);
+    std::fprintf(stderr, "mhla: saved the session to %s (%ju bytes, %s summaries)\n", a.save_state.c_str(),
+                 static_cast<std::uintmax_t>(std::filesystem::file_size(a.save_state)),
+                 std::string(to_string(summaries)).c_str());
+  }
 }
 
 }  // namespace
@@ -85,9 +128,19 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--print-ids", args->print_ids, "Print only the generated token ids, space-separated");
   cmd->add_option("--stop", args->stop, "Stop when this text appears (repeatable); it is not printed");
   add_sampling_flags(cmd, args->sampling);
-  cmd->callback([args, text, ids] {
-    if (text->count() == 0 && ids->count() == 0) throw Error("give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
-    run_generate(*args);
+  cmd->add_option("--save-state", args->save_state, "After generating, save the session to this file");
+  cmd->add_option("--resume", args->resume,
+                  "Continue the session saved in this file (same model) with its saved policy, chunk and sampling "
+                  "settings; each of those flags given here overrides just its setting, --seed reseeds; a prompt, "
+                  "if given, is appended first (no BOS)");
+  cmd->add_option("--state-summaries", args->summaries,
+                  "How --save-state stores completed block summaries: f32 (exact) or bf16 (half the bytes)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->callback([args, text, ids, cmd] {
+    if (text->count() == 0 && ids->count() == 0 && args->resume.empty())
+      throw Error("give a prompt: --prompt TEXT or --prompt-ids 1,2,3 (or --resume FILE to continue a saved session)");
+    run_generate(*args, *cmd);
   });
 }
 

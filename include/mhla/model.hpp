@@ -1,6 +1,7 @@
 #pragma once
 // The MHLA language model on the CPU (MHLA.md section 6): loading a research-layout model
 // directory, and the forward pass over a batch of sequences, each with its own state.
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -30,6 +31,36 @@ struct SequenceStep {
   std::vector<float>* logits_out = nullptr;  // resized to vocab (last) or tokens*vocab (all)
 };
 
+// What identifies a model's math, so a saved session resumes only on the model it came from:
+// the architecture, every tensor's shape (research names, [L, L] for mixing matrices) and an
+// XXH3 64-bit hash of the loaded fp32 weights in that order (little-endian bytes), computed
+// once per load. The block size is not part of it: it is an engine option (ModelLoadOptions).
+struct TensorShape {
+  std::string name;
+  std::vector<long long> shape;
+  bool operator==(const TensorShape&) const = default;
+};
+
+struct ModelFingerprint {
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_k_dim = 0;
+  int head_v_dim = 0;
+  int intermediate_size = 0;
+  int vocab_size = 0;
+  int mixing_blocks = 0;  // L
+  FeatureMap feature_map = FeatureMap::relu;
+  bool tie_word_embeddings = true;
+  bool use_output_gate = true;
+  float norm_eps = 0;
+  double rope_theta = 0;
+  std::vector<TensorShape> tensors;
+  std::uint64_t weights_hash = 0;
+  bool operator==(const ModelFingerprint&) const = default;
+};
+
 struct ModelLoadOptions {
   int block_size = 0;  // 0: config's mhla_block_size (or 64)
 };
@@ -53,6 +84,7 @@ public:
   int mixing_blocks() const;                         // L
   long long trained_window() const;                  // L * C
   long long parameter_count() const;
+  const ModelFingerprint& fingerprint() const;
   // Bytes of one sequence's state at its largest (every ring slot in use).
   size_t max_state_bytes() const;
 

@@ -27,11 +27,15 @@ struct Model::Impl {
   std::vector<float> final_norm;  // [D]
   std::vector<float> lm_head;     // [V, D]; empty when tied to the embeddings
   std::vector<LayerWeights> layers;
+  ModelFingerprint fingerprint;
 
   const float* head() const { return lm_head.empty() ? embeddings.data() : lm_head.data(); }
   int qkvg_rows() const;
   // Builds the per-policy operators of every layer from its learned mixing matrix.
   void build_operators(const std::vector<std::vector<float>>& mixing);
+  // Fills `fingerprint` from the configuration and the weights (the learned mixing matrices as
+  // given, before clamping).
+  void compute_fingerprint(const std::vector<std::vector<float>>& mixing);
 };
 
 }  // namespace mhla

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -6,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <xxhash.h>
 
 #include "mhla/error.hpp"
 #include "mhla/safetensors.hpp"
@@ -89,6 +92,31 @@ private:
 
 void append(std::vector<float>& dst, const std::vector<float>& src) { dst.insert(dst.end(), src.begin(), src.end()); }
 
+// Streams fp32 values into an XXH3 hash as little-endian bytes, so every host gets the same hash.
+class WeightHasher {
+public:
+  WeightHasher() : state_(XXH3_createState(), XXH3_freeState) {
+    if (!state_) throw Error("out of memory creating the weights hash");
+    XXH3_64bits_reset(state_.get());
+  }
+  void add(const std::vector<float>& values) {
+    if constexpr (std::endian::native == std::endian::little) {
+      XXH3_64bits_update(state_.get(), values.data(), values.size() * sizeof(float));
+    } else {
+      for (const float x : values) {
+        const auto bits = std::bit_cast<uint32_t>(x);
+        const unsigned char b[4] = {static_cast<unsigned char>(bits), static_cast<unsigned char>(bits >> 8),
+                                    static_cast<unsigned char>(bits >> 16), static_cast<unsigned char>(bits >> 24)};
+        XXH3_64bits_update(state_.get(), b, 4);
+      }
+    }
+  }
+  uint64_t digest() const { return XXH3_64bits_digest(state_.get()); }
+
+private:
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state_;
+};
+
 }  // namespace
 
 int Model::Impl::qkvg_rows() const {
@@ -113,6 +141,60 @@ void Model::Impl::build_operators(const std::vector<std::vector<float>>& mixing)
       layers[l].ops.emplace_back(opt, weights);
     }
   }
+}
+
+void Model::Impl::compute_fingerprint(const std::vector<std::vector<float>>& mixing) {
+  const auto& c = config;
+  const auto hl = c.layout();
+  auto& f = fingerprint;
+  f = ModelFingerprint{};
+  f.hidden_size = c.hidden_size;
+  f.num_layers = c.num_layers;
+  f.num_heads = hl.heads;
+  f.num_kv_heads = hl.kv_heads;
+  f.head_k_dim = hl.dk;
+  f.head_v_dim = hl.dv;
+  f.intermediate_size = c.intermediate_size;
+  f.vocab_size = c.vocab_size;
+  f.mixing_blocks = mixing_blocks;
+  f.feature_map = c.feature_map;
+  f.tie_word_embeddings = c.tie_word_embeddings;
+  f.use_output_gate = c.use_output_gate;
+  f.norm_eps = c.norm_eps;
+  f.rope_theta = c.rope_theta;
+
+  const long long D = c.hidden_size, V = c.vocab_size, I = c.intermediate_size, L = mixing_blocks;
+  const long long qd = 1LL * hl.heads * hl.dk, kd = 1LL * hl.kv_heads * hl.dk, vd = 1LL * hl.kv_heads * hl.dv,
+                  gd = 1LL * hl.heads * hl.dv;
+  // The names follow the hashing order; fused tensors hash as their parts in sequence.
+  WeightHasher hash;
+  f.tensors.push_back({"model.embeddings.weight", {V, D}});
+  hash.add(embeddings);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    const LayerWeights& w = layers[l];
+    f.tensors.push_back({p + "attn_norm.weight", {D}});
+    f.tensors.push_back({p + "attn.q_proj.weight", {qd, D}});
+    f.tensors.push_back({p + "attn.k_proj.weight", {kd, D}});
+    f.tensors.push_back({p + "attn.v_proj.weight", {vd, D}});
+    if (c.use_output_gate) f.tensors.push_back({p + "attn.g_proj.weight", {gd, D}});
+    f.tensors.push_back({p + "attn.o_proj.weight", {D, gd}});
+    f.tensors.push_back({p + "attn.mixing_matrix", {L, L}});
+    f.tensors.push_back({p + "attn.g_norm_swish_gate.weight", {hl.dv}});
+    f.tensors.push_back({p + "mlp_norm.weight", {D}});
+    f.tensors.push_back({p + "mlp.gate_proj.weight", {I, D}});
+    f.tensors.push_back({p + "mlp.up_proj.weight", {I, D}});
+    f.tensors.push_back({p + "mlp.down_proj.weight", {D, I}});
+    for (const auto* t : {&w.attn_norm, &w.qkvg, &w.o_proj, &mixing[l], &w.gate_norm, &w.mlp_norm, &w.gate_up, &w.down})
+      hash.add(*t);
+  }
+  f.tensors.push_back({"model.norm.weight", {D}});
+  hash.add(final_norm);
+  if (!lm_head.empty()) {
+    f.tensors.push_back({"lm_head.weight", {V, D}});
+    hash.add(lm_head);
+  }
+  f.weights_hash = hash.digest();
 }
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -178,6 +260,7 @@ Model Model::load(const std::string& dir, const ModelLoadOptions& options) {
   } catch (const Error& e) {
     throw Error(fmt::format("{}: {}", dir, e.what()));
   }
+  impl->compute_fingerprint(mixing);
   return Model(std::move(impl));
 }
 
@@ -213,6 +296,7 @@ Model Model::random(const ModelConfig& config, int mixing_blocks, unsigned long 
     mixing.push_back(MixingWeights::locality_init(mixing_blocks).values());
   }
   impl->build_operators(mixing);
+  impl->compute_fingerprint(mixing);
   return Model(std::move(impl));
 }
 
@@ -221,6 +305,8 @@ const std::string& Model::directory() const { return impl_->directory; }
 const std::vector<std::string>& Model::warnings() const { return impl_->warnings; }
 int Model::mixing_blocks() const { return impl_->mixing_blocks; }
 long long Model::trained_window() const { return static_cast<long long>(impl_->mixing_blocks) * impl_->config.block_size; }
+
+const ModelFingerprint& Model::fingerprint() const { return impl_->fingerprint; }
 
 long long Model::parameter_count() const {
   long long n = static_cast<long long>(impl_->embeddings.size() + impl_->final_norm.size() + impl_->lm_head.size());
