@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -60,6 +61,20 @@ void report(const std::string& what, double ms, double floor_ms, const std::stri
   std::printf("%-34s %10.4f ms   floor %8.4f ms   x_floor %6.2f %s\n", what.c_str(), ms, floor_ms, ms / floor_ms,
               extra.c_str());
   std::printf("JSON {\"figure\":\"%s\",\"ms\":%.6f,\"floor_ms\":%.6f}\n", what.c_str(), ms, floor_ms);
+}
+
+// Wall time of f() plus a device synchronization: what a caller waits for, launches included.
+template <class F>
+double median_wall_ms(F&& f, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace
@@ -121,11 +136,12 @@ int main() {
     float* o = nullptr;
     check(cudaMalloc(&o, N * L.heads * L.dv * sizeof(float)), "cudaMalloc");
     const int slot = op.acquire();
-    const double ms = median_ms(
+    const double ms = median_wall_ms(
         [&] {
           op.release(slot);
           op.acquire();
           op.prefill(slot, q, k, v, N, o);
+          op.synchronize();
         },
         2, 10);
     const double blocks = double(N) / 64;
@@ -158,9 +174,10 @@ int main() {
     float* o = nullptr;
     check(cudaMalloc(&o, size_t(Bn) * L.heads * L.dv * sizeof(float)), "cudaMalloc");
     const int steps = 256;
-    const double ms = median_ms(
+    const double ms = median_wall_ms(
                           [&] {
                             for (int s = 0; s < steps; ++s) op.decode(slots, q, k, v, o);
+                            op.synchronize();
                           },
                           1, 5) /
                       steps;

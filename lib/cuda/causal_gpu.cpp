@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <fmt/format.h>
@@ -69,22 +71,24 @@ struct GpuCausalOperator::Impl {
 
   // Scratch, grown as needed.
   DeviceBuffer<char> qf, kf, S, P, scores, eprev;
-  DeviceBuffer<float> tsum, otail;
+  DeviceBuffer<float> tsum;
+  DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
   // The weights a prefill of M blocks uses, built once per M: the band of each tile (its own
   // blocks and the tile before), the diagonal and far-tail weight of every block, and ones
   // for tile sums.
   struct PrefillTables {
-    DeviceBuffer<char> band, ones;
-    DeviceBuffer<float> diag, tail;
-    std::vector<float> tail_host;
+    DeviceBuffer<char> band, ones, tail_t;  // tail_t: the far-tail weights in the storage type
+    DeviceBuffer<float> diag;
   };
   std::map<long long, PrefillTables> table_cache;
   template <class T>
   const PrefillTables& tables(long long M);
 
-  // Per-step tables of the decode step, in one pinned buffer copied with one transfer.
-  PinnedStep step;
+  // Per-step tables of the decode step, in pinned buffers copied with one transfer each; a few
+  // in turn, so the host prepares a step while the device still reads the last one.
+  std::array<PinnedStep, 4> steps;
+  size_t next_step = 0;
 
   Impl(CausalOptions o, MixingWeights w, int max_sequences, Precision p, int tile)
       : opt(std::move(o)), weights(std::move(w)), precision(p), tile_blocks(tile) {
@@ -105,6 +109,10 @@ struct GpuCausalOperator::Impl {
     slot_stride = (CausalState::kFirstRecent + capacity) * L.kv_heads * me;
     meta.resize(max_sequences);
     pool.resize(static_cast<size_t>(slot_stride) * max_sequences);
+    std::vector<double> th(std::max(L.dk / 2, 1));
+    for (int j = 0; j < L.dk / 2; ++j) th[j] = std::pow(opt.rotary_base, -2.0 * j / L.dk);
+    theta.resize(th.size());
+    MHLA_CUDA_CHECK(cudaMemcpy(theta.data(), th.data(), th.size() * sizeof(double), cudaMemcpyHostToDevice));
     MHLA_CUBLAS_CHECK(cublasCreate(&blas));
     MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     MHLA_CUBLAS_CHECK(cublasSetStream(blas, stream));
@@ -167,9 +175,9 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
   copy(tab.ones, one.data(), one.size() * sizeof(T));
   tab.diag.resize(dg.size());
   MHLA_CUDA_CHECK(cudaMemcpy(tab.diag.data(), dg.data(), dg.size() * sizeof(float), cudaMemcpyHostToDevice));
-  tab.tail.resize(wt.size());
-  MHLA_CUDA_CHECK(cudaMemcpy(tab.tail.data(), wt.data(), wt.size() * sizeof(float), cudaMemcpyHostToDevice));
-  tab.tail_host = std::move(wt);
+  std::vector<T> wt_t(static_cast<size_t>(nt) * TT, Host<T>::from(0.0f));  // whole tiles
+  for (size_t i = 0; i < wt.size(); ++i) wt_t[i] = Host<T>::from(wt[i]);
+  copy(tab.tail_t, wt_t.data(), wt_t.size() * sizeof(T));
   return tab;
 }
 
@@ -192,14 +200,14 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   kf.resize(T_ * Hkv * dk * sizeof(T));
   T* Qf = reinterpret_cast<T*>(qf.data());
   T* Kf = reinterpret_cast<T*>(kf.data());
-  FeatureArgs fa{T_, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, 0, nullptr};
+  FeatureArgs fa{T_, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, 0, nullptr,
+                 theta.data()};
   features(q, Qf, fa, stream);
   fa.heads = Hkv;
   fa.scale = 1.0f;
   features(k, Kf, fa, stream);
 
   const PrefillTables& tab = tables<T>(M);
-  const std::vector<float>& wt = tab.tail_host;
 
   // Block summaries, one leading tile of zeros so every tile's band starts in bounds.
   const long long s_blocks = static_cast<long long>(nt + 1) * TT;
@@ -216,10 +224,7 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   const int tail_tiles = static_cast<int>((last - recent) / TT);
   const bool need_sums = need_tail || tail_tiles > 0;
   if (need_sums) tsum.resize(static_cast<size_t>(nt) * me);
-  if (need_tail) {
-    eprev.resize(static_cast<size_t>(nt) * me * sizeof(T));
-    otail.resize(static_cast<size_t>(T_) * H * dv);
-  }
+  if (need_tail) eprev.resize(static_cast<size_t>(nt) * me * sizeof(T));
   scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
   T* Sc = reinterpret_cast<T*>(scores.data());
 
@@ -246,7 +251,15 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
                               tsum.data(), me, me, nt};
       gemm(blas, sums, dt, CUDA_R_32F);
     }
-    if (need_tail) tile_prefix_skip_one(tsum.data(), reinterpret_cast<T*>(eprev.data()), nt, me, stream);
+    if (need_tail) {
+      // Far blocks (two tiles back and more) enter P as one running sum per tile:
+      // P[i] += w_tail(i) E[t(i)], a rank-one product per tile.
+      tile_prefix_skip_one(tsum.data(), reinterpret_cast<T*>(eprev.data()), nt, me, stream);
+      const RowMajorGemm far{false, false, TT, static_cast<int>(me), 1, reinterpret_cast<const T*>(tab.tail_t.data()) + 2LL * TT, 1, TT,
+                             reinterpret_cast<T*>(eprev.data()) + 2 * me, me, me, Pg + 2LL * TT * me, me, TT * me,
+                             nt - 2, 1.0f, 1.0f};
+      gemm(blas, far, dt, dt);
+    }
 
     for (int h = g * G; h < (g + 1) * G; ++h) {
       // o = Q P for every block.
@@ -290,46 +303,20 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
         lsv.batch = 1;
         gemm(blas, lsv, dt, CUDA_R_32F);
       }
-      // Far blocks summed in tiles: otail = Q E for the tokens of every tile from the third on
-      // (tiles are runs of whole blocks, so of consecutive tokens); weighted per block below.
-      if (need_tail) {
-        const long long tile_tokens = static_cast<long long>(TT) * C;
-        RowMajorGemm far{false, false, static_cast<int>(tile_tokens), dv, dk, Qf + 2 * tile_tokens * H * dk + h * dk,
-                         H * dk, tile_tokens * H * dk, reinterpret_cast<T*>(eprev.data()) + 2 * me, dv, me,
-                         otail.data() + 2 * tile_tokens * H * dv + h * dv, H * dv, tile_tokens * H * dv,
-                         static_cast<int>(T_ / tile_tokens) - 2};
-        gemm(blas, far, dt, CUDA_R_32F);
-        const long long done = std::max(2LL, T_ / tile_tokens) * tile_tokens;
-        if (done < T_) {
-          far.m = static_cast<int>(T_ - done);
-          far.a = Qf + done * H * dk + h * dk;
-          far.b = reinterpret_cast<T*>(eprev.data()) + (done / tile_tokens) * me;
-          far.c = otail.data() + done * H * dv + h * dv;
-          far.batch = 1;
-          gemm(blas, far, dt, CUDA_R_32F);
-        }
-      }
     }
 
     // The final state: P and A of the last block, the newest summaries one by one, the rest in
     // the tail (whole tiles from their sums).
     convert(Pg + last * me, matrix(s, CausalState::kPrefix, g), me, stream);
     convert(Sb0 + last * me, matrix(s, CausalState::kRunning, g), me, stream);
-    for (int r = 1; r <= recent; ++r)
-      convert(Sb0 + (last - r) * me, matrix(s, CausalState::kFirstRecent + recent - r, g), me, stream);
+    // Ring index 0 holds the oldest kept summary: blocks last-recent .. last-1 in order.
+    convert_strided(Sb0 + (last - recent) * me, me, matrix(s, CausalState::kFirstRecent, g),
+                    static_cast<long long>(L.kv_heads) * me, recent, me, stream);
     float* tail = matrix(s, CausalState::kTail, g);
     sum_matrices(tsum.data(), me, tail_tiles, me, 1.0f, tail, false, stream);
     sum_matrices(Sb0 + static_cast<long long>(tail_tiles) * TT * me, me,
                  static_cast<int>(last - recent - static_cast<long long>(tail_tiles) * TT), me, 1.0f, tail, true, stream);
-    // The band product left the far tiles out of P; the state's P holds them.
-    if (wt[last] != 0.0f)
-      sum_matrices(reinterpret_cast<T*>(eprev.data()) + (last / TT) * me, me, 1, me, wt[last],
-                   matrix(s, CausalState::kPrefix, g), true, stream);
-  }
-  if (need_tail) {
-    const long long start = 2LL * TT * C;  // earlier tokens have no far tiles
-    add_weighted_rows(o + start * H * dv, otail.data() + start * H * dv, T_ - start, H * dv, C,
-                      tab.tail.data() + 2 * TT, stream);
+
   }
 
   m.position = T_;
@@ -390,6 +377,7 @@ void GpuCausalOperator::Impl::decode(std::span<const int> slots, const T* q, con
   const size_t nc = close_slot.size();
   const size_t n_long = B, n_int = B + 3 * nc + term_slot.size(), n_float = B + term_weight.size();
   const size_t bytes = n_long * sizeof(long long) + n_int * sizeof(int) + n_float * sizeof(float);
+  PinnedStep& step = steps[next_step++ % steps.size()];
   char* h = step.host(bytes);
   auto put = [&h](const auto* src, size_t n) {
     std::memcpy(h, src, n * sizeof(*src));
@@ -413,7 +401,7 @@ void GpuCausalOperator::Impl::decode(std::span<const int> slots, const T* q, con
                     d_int + B + nc, d_int + B + 2 * nc, d_int + B + 3 * nc, d_float + B};
   close_blocks(ca, stream);
   DecodeArgs da{B, L.heads, L.kv_heads, L.dk, L.dv, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary,
-                opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float};
+                opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float, theta.data()};
   decode_step(q, k, v, o, da, stream);
   for (int i = 0; i < B; ++i) ++meta[slots[i]].position;
 }

@@ -22,74 +22,94 @@ __device__ inline float phi(FeatureMap fm, float x, float eps) {
   return x;
 }
 
-// Features of one row of width d into shared memory, by the whole thread block.
-template <class T>
-__device__ void row_features(const T* in, float* out, int d, const DecodeArgs& a, long long pos, float scale) {
-  const int half = d / 2;
-  for (int j = threadIdx.x; j < (a.rotary ? half : d); j += blockDim.x) {
-    if (!a.rotary) {
-      out[j] = phi(a.feature_map, load(in + j), a.eps) * scale;
-      continue;
-    }
-    double sn, cs;
-    sincos(static_cast<double>(pos) * pow(a.base, -2.0 * j / d), &sn, &cs);
-    const float x = phi(a.feature_map, load(in + j), a.eps) * scale;
-    const float y = phi(a.feature_map, load(in + j + half), a.eps) * scale;
-    out[j] = x * static_cast<float>(cs) - y * static_cast<float>(sn);
-    out[j + half] = y * static_cast<float>(cs) + x * static_cast<float>(sn);
-  }
-}
-
-// Block (sequence, kv head); each thread owns 4 adjacent value columns and walks the dk rows of
-// P and A once: A += k v^T and o_h += q_h (P + w A) for the G query heads of the group.
+// Block (sequence, kv head). Thread (x, r) owns 4 adjacent value columns and the rows
+// j = r, r + R, ... of P and A: A += k v^T and o_h += q_h (P + w A) for the G query heads of the
+// group; the R row groups add their sums in shared memory. Splitting rows keeps enough loads in
+// flight when few sequences decode.
 template <class T, int G>
 __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, DecodeArgs a) {
   extern __shared__ float sh[];
-  float* kf = sh;            // dk
-  float* qf = sh + a.dk;     // G * dk
+  float* kf = sh;                   // dk
+  float* qf = sh + a.dk;            // G * dk
+  float* red = qf + G * a.dk;       // R * G * dv partial sums
   const int b = blockIdx.x, g = blockIdx.y;
+  const int R = blockDim.y, r = threadIdx.y;
   const long long pos = a.positions[b];
-  row_features(k + (static_cast<long long>(b) * a.kv_heads + g) * a.dk, kf, a.dk, a, pos, 1.0f);
-  for (int h = 0; h < G; ++h)
-    row_features(q + (static_cast<long long>(b) * a.heads + g * G + h) * a.dk, qf + h * a.dk, a.dk, a, pos, a.scale);
+  const int flat = r * blockDim.x + threadIdx.x, nthreads = blockDim.x * R;
+  // Features by all threads: rows of k, then of each query head.
+  for (int part = 0; part <= G; ++part) {
+    const T* in = part == 0 ? k + (static_cast<long long>(b) * a.kv_heads + g) * a.dk
+                            : q + (static_cast<long long>(b) * a.heads + g * G + part - 1) * a.dk;
+    float* out = part == 0 ? kf : qf + (part - 1) * a.dk;
+    const float scale = part == 0 ? 1.0f : a.scale;
+    const int half = a.dk / 2;
+    for (int j = flat; j < (a.rotary ? half : a.dk); j += nthreads) {
+      if (!a.rotary) {
+        out[j] = phi(a.feature_map, load(in + j), a.eps) * scale;
+        continue;
+      }
+      double sn, cs;
+      sincos(static_cast<double>(pos) * a.theta[j], &sn, &cs);
+      const float x = phi(a.feature_map, load(in + j), a.eps) * scale;
+      const float y = phi(a.feature_map, load(in + j + half), a.eps) * scale;
+      out[j] = x * static_cast<float>(cs) - y * static_cast<float>(sn);
+      out[j + half] = y * static_cast<float>(cs) + x * static_cast<float>(sn);
+    }
+  }
   __syncthreads();
 
   const int x = threadIdx.x * 4;
-  if (x >= a.dv) return;
+  const bool active = x < a.dv;
   const long long me = static_cast<long long>(a.dk) * a.dv;
   float* slot = a.pool + a.slots[b] * a.slot_stride;
-  const float* P = slot + g * me;                              // state slot 0
+  const float* P = slot + g * me;                                   // state slot 0
   float* A = slot + (static_cast<long long>(a.kv_heads) + g) * me;  // state slot 1
-  const T* vr = v + (static_cast<long long>(b) * a.kv_heads + g) * a.dv + x;
-  const float v0 = load(vr), v1 = load(vr + 1), v2 = load(vr + 2), v3 = load(vr + 3);
-  const float w = a.diagonal[b];
   float4 acc[G];
 #pragma unroll
   for (int h = 0; h < G; ++h) acc[h] = make_float4(0, 0, 0, 0);
+  if (active) {
+    const T* vr = v + (static_cast<long long>(b) * a.kv_heads + g) * a.dv + x;
+    const float v0 = load(vr), v1 = load(vr + 1), v2 = load(vr + 2), v3 = load(vr + 3);
+    const float w = a.diagonal[b];
 #pragma unroll 4
-  for (int j = 0; j < a.dk; ++j) {
-    const long long off = static_cast<long long>(j) * a.dv + x;
-    const float4 p = *reinterpret_cast<const float4*>(P + off);
-    float4 s = *reinterpret_cast<const float4*>(A + off);
-    const float kj = kf[j];
-    s.x += kj * v0;
-    s.y += kj * v1;
-    s.z += kj * v2;
-    s.w += kj * v3;
-    *reinterpret_cast<float4*>(A + off) = s;
-    const float4 m = make_float4(p.x + w * s.x, p.y + w * s.y, p.z + w * s.z, p.w + w * s.w);
+    for (int j = r; j < a.dk; j += R) {
+      const long long off = static_cast<long long>(j) * a.dv + x;
+      const float4 p = *reinterpret_cast<const float4*>(P + off);
+      float4 s = *reinterpret_cast<const float4*>(A + off);
+      const float kj = kf[j];
+      s.x += kj * v0;
+      s.y += kj * v1;
+      s.z += kj * v2;
+      s.w += kj * v3;
+      *reinterpret_cast<float4*>(A + off) = s;
+      const float4 m = make_float4(p.x + w * s.x, p.y + w * s.y, p.z + w * s.z, p.w + w * s.w);
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      const float qj = qf[h * a.dk + j];
-      acc[h].x += qj * m.x;
-      acc[h].y += qj * m.y;
-      acc[h].z += qj * m.z;
-      acc[h].w += qj * m.w;
+      for (int h = 0; h < G; ++h) {
+        const float qj = qf[h * a.dk + j];
+        acc[h].x += qj * m.x;
+        acc[h].y += qj * m.y;
+        acc[h].z += qj * m.z;
+        acc[h].w += qj * m.w;
+      }
     }
-  }
 #pragma unroll
-  for (int h = 0; h < G; ++h)
-    *reinterpret_cast<float4*>(o + (static_cast<long long>(b) * a.heads + g * G + h) * a.dv + x) = acc[h];
+    for (int h = 0; h < G; ++h)
+      *reinterpret_cast<float4*>(red + (static_cast<long long>(r) * G + h) * a.dv + x) = acc[h];
+  }
+  __syncthreads();
+  if (!active || r != 0) return;
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float4 sum = acc[h];
+    for (int rr = 1; rr < R; ++rr) {
+      const float4 e = *reinterpret_cast<const float4*>(red + (static_cast<long long>(rr) * G + h) * a.dv + x);
+      sum.x += e.x;
+      sum.y += e.y;
+      sum.z += e.z;
+      sum.w += e.w;
+    }
+    *reinterpret_cast<float4*>(o + (static_cast<long long>(b) * a.heads + g * G + h) * a.dv + x) = sum;
+  }
 }
 
 // Block (sequence, kv head, element tile).
@@ -120,14 +140,17 @@ template <class T>
 void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs& a, cudaStream_t s) {
   if (a.batch == 0) return;
   const int G = a.heads / a.kv_heads;
-  const dim3 grid(a.batch, a.kv_heads);
-  const unsigned threads = static_cast<unsigned>((a.dv / 4 + 31) / 32 * 32);
-  const size_t shared = static_cast<size_t>(a.dk) * (1 + G) * sizeof(float);
+  const unsigned columns = static_cast<unsigned>((a.dv / 4 + 31) / 32 * 32);
+  // Row groups: up to 8, within 512 threads and 48 KB of shared memory.
+  unsigned rows = 8;
+  auto shared = [&](unsigned R) { return (static_cast<size_t>(a.dk) * (1 + G) + size_t{R} * G * a.dv) * sizeof(float); };
+  while (rows > 1 && (columns * rows > 512 || shared(rows) > 48 * 1024 || rows > static_cast<unsigned>(a.dk))) rows /= 2;
+  const dim3 grid(a.batch, a.kv_heads), block(columns, rows);
   switch (G) {
-    case 1: decode_kernel<T, 1><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
-    case 2: decode_kernel<T, 2><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
-    case 4: decode_kernel<T, 4><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
-    case 8: decode_kernel<T, 8><<<grid, threads, shared, s>>>(q, k, v, o, a); break;
+    case 1: decode_kernel<T, 1><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
+    case 2: decode_kernel<T, 2><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
+    case 4: decode_kernel<T, 4><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
+    case 8: decode_kernel<T, 8><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
     default:
       throw Error("the CUDA decode step handles 1, 2, 4 or 8 query heads per key/value head, not " + std::to_string(G));
   }

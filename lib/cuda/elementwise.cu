@@ -1,5 +1,5 @@
-// Small element-wise kernels of the prefill: features, triangle masks, weighted row sums,
-// tile prefixes, conversions.
+// Small element-wise kernels of the prefill: features, triangle masks, tile prefixes, sums and
+// conversions.
 #include <cuda_bf16.h>
 
 #include "cuda/check.hpp"
@@ -40,7 +40,7 @@ __global__ void features_kernel(const T* in, T* out, FeatureArgs a) {
   }
   const long long row = rh / a.heads;
   const double t = static_cast<double>(a.positions ? a.positions[row] : a.first + row);
-  const double angle = t * pow(a.base, -2.0 * j / a.d);
+  const double angle = t * a.theta[j];
   double sn, cs;
   sincos(angle, &sn, &cs);
   const float x = phi(a.feature_map, load(in + base + j), a.eps) * a.scale;
@@ -58,13 +58,6 @@ __global__ void mask_scale_kernel(T* scores, int blocks, int C, const float* dia
   store(scores + idx, c > r ? 0.0f : load(scores + idx) * diag[b]);
 }
 
-__global__ void add_weighted_rows_kernel(float* o, const float* extra, long long tokens, int width, int C,
-                                         const float* w) {
-  const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if (idx >= tokens * width) return;
-  o[idx] += w[(idx / width) / C] * extra[idx];
-}
-
 template <class T>
 __global__ void tile_prefix_kernel(const float* in, T* out, int tiles, long long width) {
   const long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
@@ -80,6 +73,13 @@ template <class From, class To>
 __global__ void convert_kernel(const From* in, To* out, long long n) {
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i < n) store(out + i, load(in + i));
+}
+
+template <class From, class To>
+__global__ void convert_strided_kernel(const From* in, long long in_stride, To* out, long long out_stride,
+                                       long long width) {
+  const long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (e < width) store(out + blockIdx.y * out_stride + e, load(in + blockIdx.y * in_stride + e));
 }
 
 template <class T>
@@ -113,13 +113,6 @@ void mask_scale_triangle(T* scores, int blocks, int C, const float* diag, cudaSt
   MHLA_CUDA_LAUNCHED();
 }
 
-void add_weighted_rows(float* o, const float* extra, long long tokens, int width, int C, const float* w,
-                       cudaStream_t s) {
-  if (tokens == 0) return;
-  add_weighted_rows_kernel<<<blocks_for(tokens * width), kThreads, 0, s>>>(o, extra, tokens, width, C, w);
-  MHLA_CUDA_LAUNCHED();
-}
-
 template <class T>
 void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, cudaStream_t s) {
   tile_prefix_kernel<<<blocks_for(width), kThreads, 0, s>>>(in, out, tiles, width);
@@ -130,6 +123,14 @@ template <class From, class To>
 void convert(const From* in, To* out, long long n, cudaStream_t s) {
   if (n == 0) return;
   convert_kernel<<<blocks_for(n), kThreads, 0, s>>>(in, out, n);
+  MHLA_CUDA_LAUNCHED();
+}
+
+template <class From, class To>
+void convert_strided(const From* in, long long in_stride, To* out, long long out_stride, int count, long long width,
+                     cudaStream_t s) {
+  if (count <= 0 || width == 0) return;
+  convert_strided_kernel<<<dim3(blocks_for(width), count), kThreads, 0, s>>>(in, in_stride, out, out_stride, width);
   MHLA_CUDA_LAUNCHED();
 }
 
@@ -149,6 +150,10 @@ template void tile_prefix_skip_one<__nv_bfloat16>(const float*, __nv_bfloat16*, 
 template void convert<float, float>(const float*, float*, long long, cudaStream_t);
 template void convert<__nv_bfloat16, float>(const __nv_bfloat16*, float*, long long, cudaStream_t);
 template void convert<float, __nv_bfloat16>(const float*, __nv_bfloat16*, long long, cudaStream_t);
+template void convert_strided<float, float>(const float*, long long, float*, long long, int, long long,
+                                            cudaStream_t);
+template void convert_strided<__nv_bfloat16, float>(const __nv_bfloat16*, long long, float*, long long, int, long long,
+                                                    cudaStream_t);
 template void sum_matrices<float>(const float*, long long, int, long long, float, float*, bool, cudaStream_t);
 template void sum_matrices<__nv_bfloat16>(const __nv_bfloat16*, long long, int, long long, float, float*, bool,
                                           cudaStream_t);

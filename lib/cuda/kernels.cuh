@@ -18,6 +18,7 @@ struct FeatureArgs {
   double base = 10000;
   long long first = 0;
   const long long* positions = nullptr;
+  const double* theta = nullptr;  // [d/2]: base^(-2j/d), computed once on the host
 };
 template <class T>
 void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s);
@@ -27,10 +28,6 @@ void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s);
 template <class T>
 void mask_scale_triangle(T* scores, int blocks, int C, const float* diag, cudaStream_t s);
 
-// o[t][h][x] += w[block(t)] * extra[t][h][x] for t in [0, tokens), block = t / C.
-void add_weighted_rows(float* o, const float* extra, long long tokens, int width, int C, const float* w,
-                       cudaStream_t s);
-
 // Exclusive-by-two prefix of tile sums: out[t] = sum_{t' <= t-2} in[t'], per element (width).
 template <class T>
 void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, cudaStream_t s);
@@ -38,6 +35,10 @@ void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, c
 // Element-wise conversion.
 template <class From, class To>
 void convert(const From* in, To* out, long long n, cudaStream_t s);
+// `count` conversions of `width` elements, the i-th from in + i*in_stride to out + i*out_stride.
+template <class From, class To>
+void convert_strided(const From* in, long long in_stride, To* out, long long out_stride, int count, long long width,
+                     cudaStream_t s);
 
 // out[e] (+)= weight * sum of `count` matrices of `width` elements starting at `in`, each
 // `stride` apart; added to out when accumulate.
@@ -56,6 +57,7 @@ struct DecodeArgs {
   const int* slots = nullptr;      // [batch]
   const long long* positions = nullptr;  // [batch]: the token's position
   const float* diagonal = nullptr;       // [batch]: W[i][i] of its block
+  const double* theta = nullptr;         // [dk/2] rotary frequencies
 };
 // One token per sequence: A += k v^T, o = q (P + w A), in one pass over P and A.
 template <class T>
