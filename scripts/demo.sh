@@ -1,27 +1,21 @@
 #!/usr/bin/env bash
-# The demonstration behind `make demo`: the operator's three causal forms on a golden case,
-# then a small test model streaming tokens with a stateful session.
+# The demonstration behind `make demo`: the bundled model (models/mhla-demo, a small MHLA model
+# trained on the Python documentation) streams a completion, answers in the chat format, and
+# looks for a pass key hidden in documents inside and past its trained window.
 set -euo pipefail
 build=${1:-build}
 mhla="$build/apps/mhla"
-golden=tests/data/golden/causal_slide_mean.safetensors
-model=tests/data/models/tiny
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+model=models/mhla-demo
 
-echo "== The MHLA operator: parallel, chunked and recurrent forms on one input, each checked"
-echo "   against the float64 PyTorch reference output stored with it ($golden)"
-for mode in causal-parallel causal-chunked causal-recurrent; do
-  extra=""
-  [ "$mode" = causal-chunked ] && extra="--chunk 5"
-  printf '%-18s ' "$mode:"
-  "$mhla" op --input "$golden" --output "$out/o.safetensors" --mode "$mode" $extra \
-    --block-size 4 --feature-map elu1 --normalize --policy slide_mean --reference "$golden" 2>/dev/null
-done
-
-echo
-echo "== A model: what it holds"
+echo "== The bundled model ($model; see models/README.md)"
 "$mhla" inspect --model "$model"
 echo
-echo "== Streaming generation (this test model has random weights: its text is noise)"
-"$mhla" generate --model "$model" --prompt "The license" --max-tokens 20 --seed 7 --policy slide_mean
+echo "== Streaming a completion"
+"$mhla" generate --model "$model" --prompt "The for statement" --max-tokens 96 --temperature 0.7 --seed 7
+echo
+echo "== The chat format (what \`mhla chat\` and the server send)"
+"$mhla" generate --model "$model" --prompt $'User: What does sorted() do?\nAssistant:' --max-tokens 64 \
+  --temperature 0 --stop $'\nUser:'
+echo
+echo "== A pass key hidden in 1K- and 4K-token documents (the trained window is 2K; policy slide_mean)"
+"$mhla" passkey --model "$model" --lengths 1K,4K --policy slide_mean --trials 3 2>/dev/null

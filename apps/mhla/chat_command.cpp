@@ -23,7 +23,8 @@ struct ChatArgs {
 
 void run_chat(const ChatArgs& a) {
   const LoadedModel m = load_model(a.model);
-  if (!m.tokenizer) throw Error(fmt::format("chat needs a tokenizer: {} has no tokenizer.model", a.model));
+  if (!m.tokenizer)
+    throw Error(fmt::format("chat needs a tokenizer: {} has no tokenizer.model", m.model.directory()));
   SessionOptions opt;
   opt.policy = parse_policy(a.policy);
   opt.prefill_chunk = a.chunk;
@@ -71,7 +72,7 @@ void run_chat(const ChatArgs& a) {
 void add_chat_command(CLI::App& app) {
   auto args = std::make_shared<ChatArgs>();
   CLI::App* cmd = app.add_subcommand("chat", "Chat in the terminal, keeping the session state between turns");
-  cmd->add_option("--model", args->model, "Model directory (with tokenizer.model)")->required();
+  add_model_option(cmd, args->model);
   cmd->add_option("--policy", args->policy, "Past the trained window: strict, slide or slide_mean")
       ->capture_default_str()
       ->check(CLI::IsMember({"strict", "slide", "slide_mean"}));

@@ -13,5 +13,7 @@ void add_logits_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_state_command(CLI::App& app);
+void add_longbench_command(CLI::App& app);
+void add_passkey_command(CLI::App& app);
 
 }  // namespace mhla::cli

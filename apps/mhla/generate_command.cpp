@@ -111,8 +111,7 @@ void run_generate(const GenerateArgs& a, const CLI::App& cmd) {
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Stream a completion of a prompt to stdout");
-  cmd->add_option("--model", args->model, "Model directory (config.json, model.safetensors, tokenizer.model)")
-      ->required();
+  add_model_option(cmd, args->model);
   auto* text = cmd->add_option("--prompt", args->prompt, "Prompt text (needs the model's tokenizer)");
   auto* ids = cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt as comma-separated token ids");
   text->excludes(ids);

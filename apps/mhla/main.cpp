@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   mhla::cli::add_inspect_command(app);
   mhla::cli::add_op_command(app);
   mhla::cli::add_state_command(app);
+  mhla::cli::add_longbench_command(app);
+  mhla::cli::add_passkey_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {

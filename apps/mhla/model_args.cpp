@@ -10,7 +10,37 @@
 
 namespace mhla::cli {
 
-LoadedModel load_model(const std::string& dir) {
+std::string default_model_dir() {
+  namespace fs = std::filesystem;
+  const fs::path bundled = fs::path("models") / "mhla-demo";
+  std::vector<fs::path> candidates;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    fs::path dir = exe.parent_path();
+    for (int up = 0; up < 5 && !dir.empty(); ++up, dir = dir.parent_path()) {
+      candidates.push_back(dir / bundled);
+      if (dir == dir.root_path()) break;
+    }
+    candidates.push_back(exe.parent_path().parent_path() / "share" / "mhla" / bundled);
+  }
+  candidates.push_back(fs::current_path(ec) / bundled);
+  for (const auto& c : candidates)
+    if (fs::exists(c / "config.json", ec)) return c.lexically_normal().string();
+  throw Error(
+      "no --model given and the bundled model models/mhla-demo is neither beside the mhla executable nor "
+      "under the current directory: give --model DIR");
+}
+
+void add_model_option(CLI::App* cmd, std::string& dir) {
+  cmd->add_option("--model", dir,
+                  "Model directory (config.json, model.safetensors, tokenizer.model); default: the bundled "
+                  "models/mhla-demo");
+}
+
+LoadedModel load_model(const std::string& requested) {
+  const std::string dir = requested.empty() ? default_model_dir() : requested;
+  if (requested.empty()) std::fprintf(stderr, "mhla: model %s (the bundled demonstration model)\n", dir.c_str());
   LoadedModel m{Model::load(dir), std::nullopt};
   for (const auto& w : m.model.warnings()) std::fprintf(stderr, "mhla: warning: %s\n", w.c_str());
   const auto tok = std::filesystem::path(dir) / "tokenizer.model";

@@ -19,8 +19,17 @@ struct LoadedModel {
   const Tokenizer* tokenizer_ptr() const { return tokenizer ? &*tokenizer : nullptr; }
 };
 
-// Loads DIR; unknown config keys are reported on stderr as warnings.
+// Loads DIR, or the bundled model when DIR is empty (saying so on stderr); unknown config keys
+// are reported on stderr as warnings.
 LoadedModel load_model(const std::string& dir);
+
+// The bundled demonstration model, models/mhla-demo: looked for in the executable's folder and
+// its parents (a build tree inside the repository), in <prefix>/share/mhla/models next to an
+// installed executable, then under the current directory. Throws mhla::Error when none holds it.
+std::string default_model_dir();
+
+// --model DIR, optional: empty means the bundled model.
+void add_model_option(CLI::App* cmd, std::string& dir);
 
 // "1,2,3" -> {1, 2, 3}; throws mhla::Error naming the bad item.
 std::vector<int> parse_ids(const std::string& text, const char* flag);
