@@ -6,6 +6,7 @@ packages=(
   build-essential cmake pkg-config
   libfmt-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev
   libopenblas-dev libsentencepiece-dev sentencepiece libxxhash-dev
+  libboost-dev
 )
 
 missing=()

@@ -1,0 +1,201 @@
+// Session commands, and where sessions live: in memory while there is room, on disk when
+// not (least recently used first), back in memory on their next use.
+#include <fmt/format.h>
+
+#include "serve/engine_loop.hpp"
+#include "serve/ids.hpp"
+
+namespace mhla::serve {
+
+ServerSession& Engine::Loop::find_session(const std::string& id, const std::string& owner) {
+  const auto it = sessions.find(id);
+  // Another key's session is reported exactly like one that does not exist.
+  if (it == sessions.end() || it->second.owner != owner)
+    throw not_found(fmt::format("no session {}; it may have been deleted or expired", id));
+  return it->second;
+}
+
+void Engine::Loop::check_session_limit() const {
+  if (sessions.size() >= static_cast<std::size_t>(config.max_sessions))
+    throw ApiError(429,
+                   fmt::format("the server holds {} sessions, its limit (--max-sessions); delete sessions you no "
+                               "longer need",
+                               sessions.size()),
+                   {}, "too_many_sessions");
+}
+
+ServerSession& Engine::Loop::new_session(const std::string& owner, std::unique_ptr<SessionBody> body) {
+  const std::string id = random_id("sess");
+  ServerSession& s = sessions[id];
+  s.id = id;
+  s.owner = owner;
+  s.created = s.last_used = unix_now();
+  s.touched = Clock::now();
+  s.body = std::move(body);
+  log.info("session_created", {{"session", id}});
+  return s;
+}
+
+std::size_t Engine::Loop::memory_in_use() const {
+  std::size_t bytes = 0;
+  for (const auto& [id, s] : sessions)
+    if (s.body) bytes += s.body->charge(model);
+  for (const auto& t : tasks) {
+    bytes += t->charge;
+    if (t->rollback) bytes += t->rollback->state.byte_size();
+  }
+  return bytes;
+}
+
+bool Engine::Loop::make_room(std::size_t need, const ServerSession* keep) {
+  while (memory_in_use() + need > config.state_memory) {
+    ServerSession* victim = nullptr;
+    for (auto& [id, s] : sessions)
+      if (s.body && !s.task && &s != keep && (!victim || s.touched < victim->touched)) victim = &s;
+    if (!victim || !evict(*victim)) return false;
+  }
+  return true;
+}
+
+bool Engine::Loop::evict(ServerSession& s) {
+  try {
+    store.save({s.id, s.owner, s.created, s.last_used}, *s.body);
+  } catch (const std::exception& e) {
+    // Never drop a session that is not safely on disk.
+    log.error("session_evict_failed", {{"session", s.id}, {"reason", e.what()}});
+    return false;
+  }
+  s.body.reset();
+  ++metrics.session_evictions;
+  log.info("session_evicted", {{"session", s.id}});
+  return true;
+}
+
+bool Engine::Loop::ensure_resident(ServerSession& s) {
+  if (s.body) return true;
+  if (!make_room(model.max_state_bytes(), &s)) return false;
+  try {
+    s.body = std::make_unique<SessionBody>(store.load(s.id));
+  } catch (const std::exception& e) {
+    log.error("session_restore_failed", {{"session", s.id}, {"reason", e.what()}});
+    throw ApiError(500, fmt::format("session {} could not be read back from disk: {}", s.id, e.what()));
+  }
+  // One place at a time: once in memory, the copy on disk would go stale.
+  store.remove(s.id);
+  s.touched = Clock::now();
+  ++metrics.session_restores;
+  log.info("session_restored", {{"session", s.id}});
+  return true;
+}
+
+void Engine::Loop::delete_session(ServerSession& s) {
+  if (!s.body) store.remove(s.id);
+  log.info("session_deleted", {{"session", s.id}});
+  sessions.erase(s.id);
+}
+
+nlohmann::json Engine::Loop::session_info(const ServerSession& s) const {
+  nlohmann::json j = {{"id", s.id}, {"object", "session"}, {"created_at", static_cast<long long>(s.created)},
+                      {"last_used_at", static_cast<long long>(s.last_used)}};
+  if (!s.body) return j;
+  const SessionBody& b = *s.body;
+  auto transcript = nlohmann::json::array();
+  for (const auto& m : b.transcript) transcript.push_back({{"role", m.role}, {"content", m.content}});
+  j["position"] = b.seq.position();
+  j["policy"] = to_string(b.seq.state.policy);
+  j["state_bytes"] = b.seq.state.byte_size();
+  j["memory_bytes"] = b.charge(model);
+  j["turns"] = b.turns.size();
+  j["busy"] = s.task != nullptr;
+  j["transcript"] = std::move(transcript);
+  return j;
+}
+
+Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
+  using Kind = SessionCommand::Kind;
+  const std::string& owner = c.job->owner();
+  if (op.kind == Kind::list) {
+    auto data = nlohmann::json::array();
+    for (const auto& [id, s] : sessions)
+      if (s.owner == owner)
+        data.push_back({{"id", id}, {"object", "session"}, {"created_at", static_cast<long long>(s.created)},
+                        {"last_used_at", static_cast<long long>(s.last_used)}, {"in_memory", s.body != nullptr}});
+    c.job->push(Done{{}, {{"object", "list"}, {"data", data}}});
+    return Outcome::done;
+  }
+  if (op.kind == Kind::restore) {
+    check_session_limit();
+    if (!checkpoints.find(owner, op.checkpoint_id)) throw not_found(fmt::format("no checkpoint {}", op.checkpoint_id));
+    if (!make_room(model.max_state_bytes())) return Outcome::defer_memory;
+    const SessionSnapshot snap = checkpoints.read(owner, op.checkpoint_id);
+    auto body = std::make_unique<SessionBody>();
+    try {
+      body->seq = from_snapshot(snap, model, tokenizer);
+    } catch (const std::exception& e) {
+      throw ApiError(409, fmt::format("checkpoint {} cannot be restored: {}", op.checkpoint_id, e.what()), {},
+                     "invalid_checkpoint");
+    }
+    body->transcript = checkpoints.find(owner, op.checkpoint_id)->transcript;
+    ServerSession& s = new_session(owner, std::move(body));
+    c.job->push(Done{{}, session_info(s)});
+    return Outcome::done;
+  }
+
+  ServerSession& s = find_session(op.session_id, owner);
+  if (op.kind == Kind::cancel) {
+    const bool running = s.task != nullptr;
+    if (running) s.task->job->cancel();
+    c.job->push(Done{{}, {{"id", s.id}, {"object", "session.cancel"}, {"cancelled", running}}});
+    return Outcome::done;
+  }
+  if (op.kind == Kind::remove) {
+    if (s.task) {
+      s.task->job->cancel();  // its work ends cancelled at the next step; then the session goes
+      return Outcome::defer_busy;
+    }
+    const std::string id = s.id;
+    delete_session(s);
+    c.job->push(Done{{}, {{"id", id}, {"object", "session.deleted"}, {"deleted", true}}});
+    return Outcome::done;
+  }
+  if (s.task && op.kind != Kind::get) return Outcome::defer_busy;
+  if (!ensure_resident(s)) return Outcome::defer_memory;
+  s.touched = Clock::now();
+  SessionBody& b = *s.body;
+  switch (op.kind) {
+    case Kind::get: break;
+    case Kind::fork: {
+      check_session_limit();
+      if (!make_room(b.charge(model), &s)) return Outcome::defer_memory;
+      ServerSession& copy = new_session(owner, std::make_unique<SessionBody>(b));
+      c.job->push(Done{{}, session_info(copy)});
+      return Outcome::done;
+    }
+    case Kind::undo: {
+      if (b.turns.empty())
+        throw ApiError(409, "nothing to undo: no turn start is kept (see --max-turns-kept)", {}, "nothing_to_undo");
+      Turn& turn = b.turns.back();
+      const ContextPolicy policy = b.seq.state.policy;  // a policy change (strict to slide) stays
+      b.seq.state = std::move(turn.state);
+      b.seq.state.policy = policy;
+      b.seq.next_logits = std::move(turn.next_logits);
+      b.seq.history.resize(turn.history_size);
+      b.transcript.resize(turn.transcript_size);
+      b.turns.pop_back();
+      s.last_used = unix_now();
+      break;
+    }
+    case Kind::checkpoint: {
+      const CheckpointInfo info =
+          checkpoints.create(owner, to_snapshot(b.seq, model, config.prefill_chunk), b.transcript, "session " + s.id);
+      log.info("checkpoint_created", {{"checkpoint", info.id}, {"session", s.id}, {"bytes", info.bytes}});
+      c.job->push(Done{{}, to_json(info)});
+      return Outcome::done;
+    }
+    default: break;
+  }
+  c.job->push(Done{{}, session_info(s)});
+  return Outcome::done;
+}
+
+}  // namespace mhla::serve
