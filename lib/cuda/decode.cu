@@ -2,25 +2,13 @@
 #include <cuda_bf16.h>
 
 #include "cuda/check.hpp"
+#include "cuda/device_math.cuh"
 #include "cuda/kernels.cuh"
 #include "mhla/error.hpp"
 
 namespace mhla::cuda {
 
 namespace {
-
-__device__ inline float load(const float* p) { return *p; }
-__device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-__device__ inline float phi(FeatureMap fm, float x, float eps) {
-  switch (fm) {
-    case FeatureMap::relu: return fmaxf(x, 0.0f);
-    case FeatureMap::relu_eps: return fmaxf(x, 0.0f) + eps;
-    case FeatureMap::elu1: return x > 0.0f ? x + 1.0f : expf(x);
-    case FeatureMap::identity: return x;
-  }
-  return x;
-}
 
 // Block (sequence, kv head). Thread (x, r) owns 4 adjacent value columns and the rows
 // j = r, r + R, ... of P and A: A += k v^T and o_h += q_h (P + w A) for the G query heads of the

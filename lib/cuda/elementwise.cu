@@ -3,26 +3,12 @@
 #include <cuda_bf16.h>
 
 #include "cuda/check.hpp"
+#include "cuda/device_math.cuh"
 #include "cuda/kernels.cuh"
 
 namespace mhla::cuda {
 
 namespace {
-
-__device__ inline float load(const float* p) { return *p; }
-__device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ inline void store(float* p, float x) { *p = x; }
-__device__ inline void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
-
-__device__ inline float phi(FeatureMap fm, float x, float eps) {
-  switch (fm) {
-    case FeatureMap::relu: return fmaxf(x, 0.0f);
-    case FeatureMap::relu_eps: return fmaxf(x, 0.0f) + eps;
-    case FeatureMap::elu1: return x > 0.0f ? x + 1.0f : expf(x);
-    case FeatureMap::identity: return x;
-  }
-  return x;
-}
 
 // One thread per rotary pair (j, j + d/2) of one row and head.
 template <class T>
