@@ -13,26 +13,12 @@
 #include <random>
 #include <vector>
 
+#include "copy_bandwidth.hpp"
 #include "mhla/causal.hpp"
 
 namespace {
 
 double g_copy_bytes_per_second = 0;  // read + write
-
-double measure_copy_bandwidth() {
-  const size_t bytes = size_t{512} << 20;  // far beyond the last-level cache
-  std::vector<char> a(bytes, 1), b(bytes, 2);
-  std::vector<double> rates;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::memcpy(b.data(), a.data(), bytes);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    benchmark::DoNotOptimize(b.data());
-    rates.push_back(2.0 * bytes / s);
-  }
-  std::sort(rates.begin(), rates.end());
-  return rates[rates.size() / 2];
-}
 
 void BM_Copy(benchmark::State& st) {
   const size_t bytes = size_t{256} << 20;
