@@ -19,6 +19,7 @@ struct ChatArgs {
   int max_tokens = 256;
   long long chunk = 256;
   SamplingFlags sampling;
+  DeviceFlags device;
 };
 
 void run_chat(const ChatArgs& a) {
@@ -29,6 +30,8 @@ void run_chat(const ChatArgs& a) {
   opt.policy = parse_policy(a.policy);
   opt.prefill_chunk = a.chunk;
   opt.sampling = a.sampling.params();
+  const auto device = open_device(m.model, a.device, opt.policy);
+  opt.device = device.get();
   Session session(m.model, m.tokenizer_ptr(), opt);
   StopCriteria stop;
   stop.max_tokens = a.max_tokens;
@@ -80,6 +83,7 @@ void add_chat_command(CLI::App& app) {
       CLI::PositiveNumber);
   cmd->add_option("--chunk", args->chunk, "Prefill chunk length")->capture_default_str()->check(CLI::PositiveNumber);
   add_sampling_flags(cmd, args->sampling);
+  add_device_flags(cmd, args->device);
   cmd->callback([args] { run_chat(*args); });
 }
 

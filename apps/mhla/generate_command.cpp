@@ -30,23 +30,29 @@ struct GenerateArgs {
   std::string save_state;
   std::string resume;
   std::string summaries = "f32";
+  DeviceFlags device;
 };
 
 // A fresh session, or the saved one (verified whole before use) with the flags given on this
 // command line applied on top: each sampling flag overrides only its own setting, --seed
 // reseeds, --policy may go from strict to a slide policy, --chunk changes later prefills.
-Session start_session(const GenerateArgs& a, const LoadedModel& m, const CLI::App& cmd) {
+Session start_session(const GenerateArgs& a, const LoadedModel& m, const CLI::App& cmd,
+                      std::unique_ptr<DeviceModel>& device) {
   if (a.resume.empty()) {
     SessionOptions opt;
     opt.policy = parse_policy(a.policy);
     opt.prefill_chunk = a.chunk;
     opt.sampling = a.sampling.params();
+    device = open_device(m.model, a.device, opt.policy);
+    opt.device = device.get();
     return Session(m.model, m.tokenizer_ptr(), opt);
   }
   const SessionSnapshot saved = read_state_file(a.resume, m.model);
   ResumeOptions ro;
   if (cmd.count("--policy")) ro.policy = parse_policy(a.policy);
   if (cmd.count("--chunk")) ro.prefill_chunk = a.chunk;
+  device = open_device(m.model, a.device, ro.policy.value_or(saved.state.policy));
+  ro.device = device.get();
   Session session = resume(saved, m.model, m.tokenizer_ptr(), ro);
   SamplingParams p = session.sampler().params();
   const SamplingFlags& f = a.sampling;
@@ -64,7 +70,8 @@ Session start_session(const GenerateArgs& a, const LoadedModel& m, const CLI::Ap
 void run_generate(const GenerateArgs& a, const CLI::App& cmd) {
   const LoadedModel m = load_model(a.model);
   const SummaryStorage summaries = parse_summary_storage(a.summaries);
-  Session session = start_session(a, m, cmd);
+  std::unique_ptr<DeviceModel> device;  // outlives the session
+  Session session = start_session(a, m, cmd, device);
 
   // A resumed session continues mid-sequence, so its new text gets no BOS.
   std::vector<int> prompt;
@@ -127,6 +134,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--print-ids", args->print_ids, "Print only the generated token ids, space-separated");
   cmd->add_option("--stop", args->stop, "Stop when this text appears (repeatable); it is not printed");
   add_sampling_flags(cmd, args->sampling);
+  add_device_flags(cmd, args->device);
   cmd->add_option("--save-state", args->save_state, "After generating, save the session to this file");
   cmd->add_option("--resume", args->resume,
                   "Continue the session saved in this file (same model) with its saved policy, chunk and sampling "

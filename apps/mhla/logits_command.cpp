@@ -14,15 +14,30 @@ namespace {
 struct LogitsArgs {
   std::string model, ids, output, mode = "prefill", policy = "strict";
   long long chunk = 256;
+  DeviceFlags device;
 };
 
 void run_logits(const LogitsArgs& a) {
   const LoadedModel m = load_model(a.model);
   const auto ids = parse_ids(a.ids, "--ids");
   const auto V = static_cast<size_t>(m.model.config().vocab_size);
-  ModelState state = m.model.new_state(parse_policy(a.policy));
+  const ContextPolicy policy = parse_policy(a.policy);
+  ModelState state = m.model.new_state(policy);
   std::vector<float> logits;
-  if (a.mode == "prefill") {
+  if (const auto device = open_device(m.model, a.device, policy)) {
+    const DeviceSlot slot(*device);
+    if (a.mode == "prefill") {
+      const DeviceStep step{slot.slot(), ids, LogitsMode::all, &logits};
+      device->forward({&step, 1});
+    } else {
+      std::vector<float> one;
+      for (const int& id : ids) {
+        const DeviceStep step{slot.slot(), {&id, 1}, LogitsMode::last, &one};
+        device->forward({&step, 1});
+        logits.insert(logits.end(), one.begin(), one.end());
+      }
+    }
+  } else if (a.mode == "prefill") {
     const SequenceStep step{&state, ids, LogitsMode::all, &logits};
     m.model.forward({&step, 1}, a.chunk);
   } else {
@@ -54,6 +69,7 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--policy", args->policy, "strict, slide or slide_mean")
       ->capture_default_str()
       ->check(CLI::IsMember({"strict", "slide", "slide_mean"}));
+  add_device_flags(cmd, args->device);
   cmd->callback([args] { run_logits(*args); });
 }
 

@@ -87,6 +87,28 @@ void add_sampling_flags(CLI::App* cmd, SamplingFlags& f) {
   cmd->add_option("--seed", f.seed, "Random seed (default: a fresh one, printed on stderr)");
 }
 
+void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
+  cmd->add_option("--device", f.device, "Where the model runs: cpu, cuda, or auto (cuda when a GPU is present)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_option("--precision", f.precision, "Weights and activations on the GPU: bf16 or f32 (the CPU runs f32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "f32"}));
+}
+
+std::unique_ptr<DeviceModel> open_device(const Model& model, const DeviceFlags& f, ContextPolicy policy,
+                                         int sequences) {
+  const Device device = parse_device(f.device);
+  if (device == Device::cpu) return nullptr;
+  DeviceModelOptions o;
+  o.max_sequences = sequences;
+  o.policy = policy;
+  o.precision = parse_device_precision(f.precision);
+  auto dm = make_device_model(model, device, o);
+  std::fprintf(stderr, "mhla: running on %s\n", dm->description().c_str());
+  return dm;
+}
+
 std::string timing_summary(long long prefill_tokens, double prefill_s, long long decode_tokens, double decode_s) {
   auto rate = [](long long n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
   return fmt::format("prefill {} tokens in {:.1f} ms ({:.0f} tok/s), decode {} tokens in {:.1f} ms ({:.1f} tok/s)",

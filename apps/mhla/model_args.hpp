@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "mhla/device.hpp"
 #include "mhla/model.hpp"
 #include "mhla/sampling.hpp"
 #include "mhla/tokenizer.hpp"
@@ -44,6 +45,16 @@ struct SamplingFlags {
   SamplingParams params() const;  // a random seed when none was given
 };
 void add_sampling_flags(CLI::App* cmd, SamplingFlags& flags);
+
+// --device cpu|cuda|auto and --precision bf16|f32 (the precision of a GPU run).
+struct DeviceFlags {
+  std::string device = "auto";
+  std::string precision = "bf16";
+};
+void add_device_flags(CLI::App* cmd, DeviceFlags& flags);
+// The device model the flags ask for (saying which on stderr), or null for the CPU.
+std::unique_ptr<DeviceModel> open_device(const Model& model, const DeviceFlags& flags, ContextPolicy policy,
+                                         int sequences = 1);
 
 // "prefill 12 tokens in 3.1 ms (3871 tok/s), decode ..." for the timing line on stderr.
 std::string timing_summary(long long prefill_tokens, double prefill_s, long long decode_tokens, double decode_s);

@@ -70,6 +70,7 @@ SessionSnapshot snapshot(const Session& session, SummaryStorage summaries = Summ
 struct ResumeOptions {
   std::optional<ContextPolicy> policy;
   std::optional<long long> prefill_chunk;
+  DeviceModel* device = nullptr;  // resume on this device model (SessionOptions::device)
 };
 
 // A new session holding the snapshot: state, history, next logits, sampler settings and RNG.

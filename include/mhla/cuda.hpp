@@ -43,6 +43,9 @@ public:
   long long position(int slot) const;
   size_t slot_bytes() const;
 
+  // Slot `to` (in use) becomes a copy of slot `from`: a fork, on the device.
+  void copy_slot(int from, int to);
+
   // Copies between a slot and a CPU state of the same configuration.
   void upload(int slot, const CausalState& state);
   CausalState download(int slot) const;
@@ -53,6 +56,18 @@ public:
   // One decode step for each listed slot (all distinct): q [B][H][dk], k [B][Hkv][dk],
   // v [B][Hkv][dv], o [B][H][dv] fp32, in the operator's precision for q/k/v.
   void decode(std::span<const int> slots, const void* q, const void* k, const void* v, float* o);
+  // The same step in two halves, for CUDA graphs: decode_prepare does the host's bookkeeping
+  // and writes the step's tables to pinned memory; decode_launch copies them and launches the
+  // kernels, with shapes that depend only on the batch size, so a graph captured from it can
+  // be replayed after each later prepare of the same batch size. Between a prepare and its
+  // launch (or replay) no other step of this operator may run, and the caller waits for a
+  // replayed step to finish before the next prepare.
+  void decode_prepare(std::span<const int> slots);
+  void decode_launch(int batch, const void* q, const void* k, const void* v, float* o);
+
+  // From now on the operator's work goes to the caller's stream (a cudaStream_t that outlives
+  // the operator), so it is ordered with the caller's kernels without synchronization.
+  void set_stream(void* stream);
 
   // Waits for the device work issued so far.
   void synchronize() const;

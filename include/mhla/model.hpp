@@ -97,6 +97,7 @@ public:
   void forward(std::span<const SequenceStep> batch, long long chunk = 256) const;
 
   struct Impl;  // the weights; defined inside the library
+  const Impl& internals() const { return *impl_; }  // for the backends inside the library
 
 private:
   explicit Model(std::unique_ptr<Impl> impl);

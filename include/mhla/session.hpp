@@ -1,7 +1,7 @@
 #pragma once
 // A conversation with a model: its recurrent state, token history, sampler (with its RNG) and
 // the logits that predict the next token. New text is prefilled on top of the state, so each
-// turn processes only what is new. Copying a session forks it.
+// turn processes only what is new. Copying a session forks it (on a device: into a new slot).
 #include <chrono>
 #include <functional>
 #include <span>
@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mhla/device.hpp"
 #include "mhla/model.hpp"
 #include "mhla/sampling.hpp"
 #include "mhla/tokenizer.hpp"
@@ -19,6 +20,9 @@ struct SessionOptions {
   ContextPolicy policy = ContextPolicy::strict;
   long long prefill_chunk = 256;
   SamplingParams sampling;
+  // Runs the session on this device model (one of its state slots) instead of the CPU; it must
+  // run the same policy and outlive the session.
+  DeviceModel* device = nullptr;
 };
 
 // Time spent and tokens processed, summed over a session's calls.
@@ -61,10 +65,13 @@ public:
   const Model& model() const { return *model_; }
   const Tokenizer* tokenizer() const { return tokenizer_; }
   const std::vector<int>& history() const { return history_; }
-  long long position() const { return state_.position(); }
-  size_t state_bytes() const { return state_.byte_size(); }
-  const ModelState& state() const { return state_; }
-  ModelState& state() { return state_; }
+  long long position() const;
+  // Bytes of the state now (on a device: the slot it occupies).
+  size_t state_bytes() const;
+  // The state in the CPU form (on a device: copied from it when it has changed).
+  const ModelState& state() const;
+  ModelState& state();
+  DeviceModel* device() const { return slot_.device(); }
   const std::vector<float>& next_logits() const { return next_logits_; }
   Sampler& sampler() { return sampler_; }
   const Sampler& sampler() const { return sampler_; }
@@ -78,10 +85,15 @@ public:
   void restore(ModelState state, std::vector<int> history, std::vector<float> next_logits);
 
 private:
+  // Runs tokens from the current state and leaves the logits of the last one in next_logits_.
+  void run(std::span<const int> tokens, long long chunk);
+
   const Model* model_;
   const Tokenizer* tokenizer_;
   long long chunk_;
-  ModelState state_;
+  DeviceSlot slot_;
+  mutable ModelState state_;
+  mutable bool host_stale_ = false;  // the device slot holds newer state than state_
   Sampler sampler_;
   std::vector<int> history_;
   std::vector<float> next_logits_;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <type_traits>
 #include <fmt/format.h>
 
 #include "cuda/buffer.hpp"
@@ -54,6 +55,19 @@ struct Host<__nv_bfloat16> {
 };
 
 
+// The step's tables, at offsets fixed by the batch size B (so a captured launch stays valid):
+// positions [B] (long long); slots [B], the closing count, then per closing sequence (up to B)
+// its slot, push_to, fold and term slots [terms] (int); diagonals [B] and term weights
+// [B][terms] (float).
+struct StepLayout {
+  size_t ints_at, floats_at, bytes;
+  StepLayout(int B, int terms) {
+    ints_at = static_cast<size_t>(B) * sizeof(long long);
+    floats_at = ints_at + (static_cast<size_t>(B) * (4 + terms) + 1) * sizeof(int);
+    bytes = floats_at + static_cast<size_t>(B) * (1 + terms) * sizeof(float);
+  }
+};
+
 }  // namespace
 
 struct GpuCausalOperator::Impl {
@@ -67,10 +81,11 @@ struct GpuCausalOperator::Impl {
   std::vector<SlotMeta> meta;
   DeviceBuffer<float> pool;
   cublasHandle_t blas = nullptr;
-  cudaStream_t stream = nullptr;
+  cudaStream_t own_stream = nullptr;
+  cudaStream_t stream = nullptr;  // own_stream, or the caller's
 
   // Scratch, grown as needed.
-  DeviceBuffer<char> qf, kf, S, P, scores, eprev;
+  DeviceBuffer<char> qf, kf, S, P, scores, eprev, vtail;
   DeviceBuffer<float> tsum;
   DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
@@ -85,10 +100,9 @@ struct GpuCausalOperator::Impl {
   template <class T>
   const PrefillTables& tables(long long M);
 
-  // Per-step tables of the decode step, in pinned buffers copied with one transfer each; a few
-  // in turn, so the host prepares a step while the device still reads the last one.
-  std::array<PinnedStep, 4> steps;
-  size_t next_step = 0;
+  // Per-step tables of the decode step, in one pinned buffer copied with one transfer (sized
+  // for the whole pool at construction, so its addresses never change).
+  PinnedStep step;
 
   Impl(CausalOptions o, MixingWeights w, int max_sequences, Precision p, int tile)
       : opt(std::move(o)), weights(std::move(w)), precision(p), tile_blocks(tile) {
@@ -109,17 +123,19 @@ struct GpuCausalOperator::Impl {
     slot_stride = (CausalState::kFirstRecent + capacity) * L.kv_heads * me;
     meta.resize(max_sequences);
     pool.resize(static_cast<size_t>(slot_stride) * max_sequences);
+    step.host(StepLayout(max_sequences, capacity + 1).bytes);
     std::vector<double> th(std::max(L.dk / 2, 1));
     for (int j = 0; j < L.dk / 2; ++j) th[j] = std::pow(opt.rotary_base, -2.0 * j / L.dk);
     theta.resize(th.size());
     MHLA_CUDA_CHECK(cudaMemcpy(theta.data(), th.data(), th.size() * sizeof(double), cudaMemcpyHostToDevice));
     MHLA_CUBLAS_CHECK(cublasCreate(&blas));
-    MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream, cudaStreamNonBlocking));
+    stream = own_stream;
     MHLA_CUBLAS_CHECK(cublasSetStream(blas, stream));
   }
   ~Impl() {
     if (blas) cublasDestroy(blas);
-    if (stream) cudaStreamDestroy(stream);
+    if (own_stream) cudaStreamDestroy(own_stream);
   }
 
   SlotMeta& slot(int s) {
@@ -143,8 +159,12 @@ struct GpuCausalOperator::Impl {
 
   template <class T>
   void prefill(int s, const T* q, const T* k, const T* v, long long tokens, float* o);
+  // A decode step in two halves: the host's bookkeeping and the step's tables (prepare), then
+  // the copy of the tables and the kernels (launch), whose shapes depend only on the batch
+  // size, so a CUDA graph can capture the launch and replay it after each prepare.
+  void decode_prepare(std::span<const int> slots);
   template <class T>
-  void decode(std::span<const int> slots, const T* q, const T* k, const T* v, float* o);
+  void decode_launch(int batch, const T* q, const T* k, const T* v, float* o);
 };
 
 template <class T>
@@ -195,11 +215,16 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   const int nt = static_cast<int>((M + TT - 1) / TT);
   const auto dt = dtype();
 
-  // Features.
-  qf.resize(T_ * H * dk * sizeof(T));
-  kf.resize(T_ * Hkv * dk * sizeof(T));
+  // Features, padded to whole blocks with zero rows (the fused output pass reads whole blocks).
+  const long long padded = M * C;
+  qf.resize(padded * H * dk * sizeof(T));
+  kf.resize(padded * Hkv * dk * sizeof(T));
   T* Qf = reinterpret_cast<T*>(qf.data());
   T* Kf = reinterpret_cast<T*>(kf.data());
+  if (padded > T_) {
+    MHLA_CUDA_CHECK(cudaMemsetAsync(Qf + T_ * H * dk, 0, (padded - T_) * H * dk * sizeof(T), stream));
+    MHLA_CUDA_CHECK(cudaMemsetAsync(Kf + T_ * Hkv * dk, 0, (padded - T_) * Hkv * dk * sizeof(T), stream));
+  }
   FeatureArgs fa{T_, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, 0, nullptr,
                  theta.data()};
   features(q, Qf, fa, stream);
@@ -225,7 +250,22 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   const bool need_sums = need_tail || tail_tiles > 0;
   if (need_sums) tsum.resize(static_cast<size_t>(nt) * me);
   if (need_tail) eprev.resize(static_cast<size_t>(nt) * me * sizeof(T));
-  scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
+  // The output pass: one fused tensor-core kernel for bf16 where it covers the shape, else
+  // per-head cuBLAS products (Q P, then the masked triangle).
+  IntraBlockArgs ib;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (rem > 0) {
+      vtail.resize(static_cast<size_t>(C) * Hkv * dv * sizeof(T));
+      MHLA_CUDA_CHECK(cudaMemsetAsync(vtail.data(), 0, static_cast<size_t>(C) * Hkv * dv * sizeof(T), stream));
+      MHLA_CUDA_CHECK(cudaMemcpyAsync(vtail.data(), v + Mf * C * Hkv * dv, rem * Hkv * dv * sizeof(T),
+                                      cudaMemcpyDeviceToDevice, stream));
+    }
+    ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v,
+                        rem > 0 ? reinterpret_cast<const T*>(vtail.data()) : v, Pall,
+                        static_cast<long long>(nt) * TT * me, tab.diag.data(), o};
+  }
+  const bool fused = intra_block_usable(ib);
+  if (!fused) scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
   T* Sc = reinterpret_cast<T*>(scores.data());
 
   for (int g = 0; g < Hkv; ++g) {
@@ -261,7 +301,7 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
       gemm(blas, far, dt, dt);
     }
 
-    for (int h = g * G; h < (g + 1) * G; ++h) {
+    for (int h = g * G; h < (g + 1) * G && !fused; ++h) {
       // o = Q P for every block.
       RowMajorGemm qp{false, false, C, dv, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Pg, dv, me,
                       o + h * dv, H * dv, static_cast<long long>(C) * H * dv, static_cast<int>(Mf)};
@@ -319,6 +359,8 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
 
   }
 
+  if (fused) intra_block(ib, stream);
+
   m.position = T_;
   m.folded = last;
   m.recent = recent;
@@ -326,8 +368,7 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   m.oldest = 0;
 }
 
-template <class T>
-void GpuCausalOperator::Impl::decode(std::span<const int> slots, const T* q, const T* k, const T* v, float* o) {
+void GpuCausalOperator::Impl::decode_prepare(std::span<const int> slots) {
   const int B = static_cast<int>(slots.size());
   for (int i = 0; i < B; ++i) {
     check_window(slot(slots[i]).position, 1);
@@ -336,74 +377,74 @@ void GpuCausalOperator::Impl::decode(std::span<const int> slots, const T* q, con
   }
   const int C = opt.block_size;
   const int terms = capacity + 1;
-  std::vector<int> close_slot, push_to, fold, term_slot;
-  std::vector<float> term_weight, dg(B);
-  std::vector<long long> pos(B);
+  const StepLayout lay(B, terms);
+  char* h = step.host(lay.bytes);
+  auto* pos = reinterpret_cast<long long*>(h);
+  int* ints = reinterpret_cast<int*>(h + lay.ints_at);
+  float* floats = reinterpret_cast<float*>(h + lay.floats_at);
+  int* close_slot = ints + B + 1;
+  int* push_to = close_slot + B;
+  int* fold = push_to + B;
+  int* term_slot = fold + B;
+  float* dg = floats;
+  float* term_weight = floats + B;
+  int nc = 0;
   for (int i = 0; i < B; ++i) {
     SlotMeta& m = meta[slots[i]];
+    ints[i] = slots[i];
     if (m.position > 0 && m.position - m.folded * C == C) {
       // Mirror of CausalState::close_block: weights first, then the ring moves.
       const bool full = m.recent == capacity;
       const auto row = block_row_weights(weights, opt.policy, m.folded + 1, m.tail + (full ? 1 : 0));
-      close_slot.push_back(slots[i]);
+      close_slot[nc] = slots[i];
       if (capacity == 0) {
-        fold.push_back(-1);
-        push_to.push_back(-1);
+        fold[nc] = -1;
+        push_to[nc] = -1;
         ++m.tail;
       } else if (!full) {
-        fold.push_back(-1);
-        push_to.push_back(CausalState::kFirstRecent + (m.oldest + m.recent) % capacity);
+        fold[nc] = -1;
+        push_to[nc] = CausalState::kFirstRecent + (m.oldest + m.recent) % capacity;
         ++m.recent;
       } else {
-        fold.push_back(CausalState::kFirstRecent + m.oldest);
-        push_to.push_back(CausalState::kFirstRecent + m.oldest);
+        fold[nc] = CausalState::kFirstRecent + m.oldest;
+        push_to[nc] = CausalState::kFirstRecent + m.oldest;
         ++m.tail;
         m.oldest = (m.oldest + 1) % capacity;
       }
       ++m.folded;
-      std::vector<int> ts(terms, -1);
-      std::vector<float> tw(terms, 0.0f);
+      int* ts = term_slot + static_cast<size_t>(nc) * terms;
+      float* tw = term_weight + static_cast<size_t>(nc) * terms;
+      std::fill_n(ts, terms, -1);
+      std::fill_n(tw, terms, 0.0f);
       int n = 0;
       if (m.tail > 0) ts[n] = CausalState::kTail, tw[n++] = row.tail;
       for (int r = 1; r <= static_cast<int>(row.by_distance.size()); ++r)
         ts[n] = CausalState::kFirstRecent + (m.oldest + m.recent - r) % capacity, tw[n++] = row.by_distance[r - 1];
-      term_slot.insert(term_slot.end(), ts.begin(), ts.end());
-      term_weight.insert(term_weight.end(), tw.begin(), tw.end());
+      ++nc;
     }
     dg[i] = block_row_weights(weights, opt.policy, m.folded, m.tail).diagonal;
     pos[i] = m.position;
   }
-  // The step's tables, packed: positions, then slots and the close-block indices, then weights.
-  const size_t nc = close_slot.size();
-  const size_t n_long = B, n_int = B + 3 * nc + term_slot.size(), n_float = B + term_weight.size();
-  const size_t bytes = n_long * sizeof(long long) + n_int * sizeof(int) + n_float * sizeof(float);
-  PinnedStep& step = steps[next_step++ % steps.size()];
-  char* h = step.host(bytes);
-  auto put = [&h](const auto* src, size_t n) {
-    std::memcpy(h, src, n * sizeof(*src));
-    h += n * sizeof(*src);
-  };
-  put(pos.data(), pos.size());
-  put(slots.data(), slots.size());
-  put(close_slot.data(), nc);
-  put(push_to.data(), nc);
-  put(fold.data(), nc);
-  put(term_slot.data(), term_slot.size());
-  put(dg.data(), dg.size());
-  put(term_weight.data(), term_weight.size());
-  char* d = step.send(bytes, stream);
-  const auto* d_pos = reinterpret_cast<const long long*>(d);
-  const int* d_int = reinterpret_cast<const int*>(d + n_long * sizeof(long long));
-  const float* d_float = reinterpret_cast<const float*>(d + n_long * sizeof(long long) + n_int * sizeof(int));
+  ints[B] = nc;
+  for (int i = 0; i < B; ++i) ++meta[slots[i]].position;
+}
 
+template <class T>
+void GpuCausalOperator::Impl::decode_launch(int B, const T* q, const T* k, const T* v, float* o) {
+  const int terms = capacity + 1;
+  const StepLayout lay(B, terms);
+  char* d = step.send(lay.bytes, stream);
+  const auto* d_pos = reinterpret_cast<const long long*>(d);
+  const int* d_int = reinterpret_cast<const int*>(d + lay.ints_at);
+  const float* d_float = reinterpret_cast<const float*>(d + lay.floats_at);
   const auto& L = opt.layout;
-  CloseBlockArgs ca{static_cast<int>(nc), L.kv_heads, me, pool.data(), slot_stride, terms, d_int + B,
-                    d_int + B + nc, d_int + B + 2 * nc, d_int + B + 3 * nc, d_float + B};
+  const int* close = d_int + B + 1;
+  CloseBlockArgs ca{B, d_int + B, L.kv_heads, me, pool.data(), slot_stride, terms, close, close + B, close + 2 * B,
+                    close + 3 * B, d_float + B};
   close_blocks(ca, stream);
   DecodeArgs da{B, L.heads, L.kv_heads, L.dk, L.dv, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary,
                 opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float, theta.data()};
   decode_step(q, k, v, o, da, stream);
-  for (int i = 0; i < B; ++i) ++meta[slots[i]].position;
 }
 
 GpuCausalOperator::GpuCausalOperator(CausalOptions options, MixingWeights weights, int max_sequences,
@@ -431,6 +472,20 @@ int GpuCausalOperator::acquire() {
 }
 
 void GpuCausalOperator::release(int slot) { impl_->slot(slot).used = false; }
+
+void GpuCausalOperator::copy_slot(int from, int to) {
+  const SlotMeta m = impl_->slot(from);
+  impl_->slot(to);
+  if (from == to) return;
+  MHLA_CUDA_CHECK(cudaMemcpyAsync(impl_->matrix(to, 0, 0), impl_->matrix(from, 0, 0), impl_->slot_stride * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, impl_->stream));
+  impl_->meta[to] = m;
+}
+
+void GpuCausalOperator::set_stream(void* stream) {
+  impl_->stream = stream ? static_cast<cudaStream_t>(stream) : impl_->own_stream;
+  MHLA_CUBLAS_CHECK(cublasSetStream(impl_->blas, impl_->stream));
+}
 long long GpuCausalOperator::position(int slot) const { return impl_->slot(slot).position; }
 
 void GpuCausalOperator::upload(int slot, const CausalState& st) {
@@ -485,11 +540,19 @@ void GpuCausalOperator::prefill(int slot, const void* q, const void* k, const vo
 }
 
 void GpuCausalOperator::decode(std::span<const int> slots, const void* q, const void* k, const void* v, float* o) {
+  decode_prepare(slots);
+  decode_launch(static_cast<int>(slots.size()), q, k, v, o);
+}
+
+void GpuCausalOperator::decode_prepare(std::span<const int> slots) { impl_->decode_prepare(slots); }
+
+void GpuCausalOperator::decode_launch(int batch, const void* q, const void* k, const void* v, float* o) {
   if (impl_->precision == Precision::bf16)
-    impl_->decode(slots, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                  static_cast<const __nv_bfloat16*>(v), o);
+    impl_->decode_launch(batch, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
+                         static_cast<const __nv_bfloat16*>(v), o);
   else
-    impl_->decode(slots, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), o);
+    impl_->decode_launch(batch, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
+                         o);
 }
 
 void GpuCausalOperator::synchronize() const { MHLA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }

@@ -100,26 +100,29 @@ __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, Deco
   }
 }
 
-// Block (sequence, kv head, element tile).
+// Block (kv head, element tile, sequence group): the closing sequences i = z, z + Z, ...
 __global__ void close_blocks_kernel(CloseBlockArgs a) {
-  const int i = blockIdx.x, g = blockIdx.y;
-  const long long e = blockIdx.z * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const int g = blockIdx.x;
+  const long long e = blockIdx.y * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (e >= a.matrix) return;
-  float* slot = a.pool + a.slots[i] * a.slot_stride;
-  auto at = [&](int state_slot) { return slot + (static_cast<long long>(state_slot) * a.kv_heads + g) * a.matrix + e; };
-  const float running = *at(1);
-  if (a.fold[i] >= 0) *at(2) += *at(a.fold[i]);
-  if (a.push_to[i] >= 0)
-    *at(a.push_to[i]) = running;
-  else
-    *at(2) += running;
-  *at(1) = 0.0f;
-  float p = 0.0f;
-  for (int t = 0; t < a.max_terms; ++t) {
-    const int s = a.term_slot[i * a.max_terms + t];
-    if (s >= 0) p += a.term_weight[i * a.max_terms + t] * *at(s);
+  const int count = *a.count;
+  for (int i = blockIdx.z; i < count; i += gridDim.z) {
+    float* slot = a.pool + a.slots[i] * a.slot_stride;
+    auto at = [&](int state_slot) { return slot + (static_cast<long long>(state_slot) * a.kv_heads + g) * a.matrix + e; };
+    const float running = *at(1);
+    if (a.fold[i] >= 0) *at(2) += *at(a.fold[i]);
+    if (a.push_to[i] >= 0)
+      *at(a.push_to[i]) = running;
+    else
+      *at(2) += running;
+    *at(1) = 0.0f;
+    float p = 0.0f;
+    for (int t = 0; t < a.max_terms; ++t) {
+      const int s = a.term_slot[i * a.max_terms + t];
+      if (s >= 0) p += a.term_weight[i * a.max_terms + t] * *at(s);
+    }
+    *at(0) = p;
   }
-  *at(0) = p;
 }
 
 }  // namespace
@@ -146,9 +149,11 @@ void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs&
 }
 
 void close_blocks(const CloseBlockArgs& a, cudaStream_t s) {
-  if (a.count == 0) return;
+  if (a.max_count == 0) return;
   constexpr unsigned threads = 256;
-  const dim3 grid(a.count, a.kv_heads, static_cast<unsigned>((a.matrix + threads - 1) / threads));
+  // Few sequences close in one step (one in C on average): a small z keeps an idle launch cheap.
+  const dim3 grid(a.kv_heads, static_cast<unsigned>((a.matrix + threads - 1) / threads),
+                  static_cast<unsigned>(a.max_count < 4 ? a.max_count : 4));
   close_blocks_kernel<<<grid, threads, 0, s>>>(a);
   MHLA_CUDA_LAUNCHED();
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Launchers of the CUDA kernels of causal MHLA. Each declares only the host function; the
 // kernels live in the matching .cu files.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "mhla/options.hpp"
@@ -46,6 +47,27 @@ template <class T>
 void sum_matrices(const T* in, long long stride, int count, long long width, float weight, float* out,
                   bool accumulate, cudaStream_t s);
 
+// The prefill's output in one tensor-core pass (bf16): for every block b and head h,
+// o_b = Q_b P_b + diag[b] tril(Q_b K_b^T) V_b, written once in fp32.
+struct IntraBlockArgs {
+  long long tokens = 0;  // T
+  int blocks = 0;        // ceil(T / C)
+  int heads = 0, kv_heads = 0, dk = 0, dv = 0, C = 0;
+  const __nv_bfloat16* q = nullptr;       // [blocks*C][H][dk] features, zero past T
+  const __nv_bfloat16* k = nullptr;       // [blocks*C][Hkv][dk] features, zero past T
+  const __nv_bfloat16* v = nullptr;       // [T][Hkv][dv]
+  const __nv_bfloat16* v_tail = nullptr;  // [C][Hkv][dv]: the last partial block's rows, zero past T
+  const __nv_bfloat16* p = nullptr;       // mixed prefixes: kv head g's block b at p + g*p_stride + b*dk*dv
+  long long p_stride = 0;
+  const float* diag = nullptr;            // [blocks]: W[b][b]
+  float* o = nullptr;                     // [T][H][dv]
+};
+// Shapes the kernel covers: C in {16, 32, 64}, dk and dv multiples of 16, dv*C <= 16384.
+bool intra_block_supported(int C, int dk, int dv);
+// ... and pointers aligned for the tensor-core loads (32 bytes).
+bool intra_block_usable(const IntraBlockArgs& a);
+void intra_block(const IntraBlockArgs& a, cudaStream_t s);
+
 struct DecodeArgs {
   int batch = 0, heads = 0, kv_heads = 0, dk = 0, dv = 0;
   FeatureMap feature_map = FeatureMap::relu;
@@ -64,7 +86,8 @@ template <class T>
 void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs& a, cudaStream_t s);
 
 struct CloseBlockArgs {
-  int count = 0;                 // sequences whose block closes
+  int max_count = 0;             // sequences in the step (an upper bound of count)
+  const int* count = nullptr;    // on the device: sequences whose block closes
   int kv_heads = 0;
   long long matrix = 0;          // dk * dv
   float* pool = nullptr;
@@ -77,7 +100,8 @@ struct CloseBlockArgs {
   const float* term_weight = nullptr;  // [count][max_terms]
 };
 // Closes full blocks: pushes A into the ring (folding the oldest into the tail), clears A and
-// recomputes P = sum of weighted terms (recent summaries and the tail).
+// recomputes P = sum of weighted terms (recent summaries and the tail). The count is read on
+// the device, so the launch's shape depends only on max_count.
 void close_blocks(const CloseBlockArgs& a, cudaStream_t s);
 
 }  // namespace mhla::cuda

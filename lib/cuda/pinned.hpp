@@ -2,6 +2,7 @@
 // A host staging buffer in pinned memory with its device twin: the small per-step tables of
 // the decode step travel in one asynchronous copy, without the stream synchronization a copy
 // from pageable memory implies. The host side is reused only after the previous copy ends.
+// Its addresses change only when it grows.
 #include <cstddef>
 
 #include "cuda/buffer.hpp"
@@ -36,7 +37,10 @@ public:
   char* send(size_t bytes, cudaStream_t stream) {
     if (!done_) MHLA_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     MHLA_CUDA_CHECK(cudaMemcpyAsync(device_.data(), host_, bytes, cudaMemcpyHostToDevice, stream));
-    MHLA_CUDA_CHECK(cudaEventRecord(done_, stream));
+    // Inside a graph capture the copy runs at each replay; the replaying caller synchronizes.
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    MHLA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    if (capturing == cudaStreamCaptureStatusNone) MHLA_CUDA_CHECK(cudaEventRecord(done_, stream));
     return device_.data();
   }
 

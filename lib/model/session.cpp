@@ -1,6 +1,7 @@
 #include "mhla/session.hpp"
 
 #include <fmt/format.h>
+#include <utility>
 
 #include "mhla/error.hpp"
 #include "mhla/text_stream.hpp"
@@ -20,6 +21,13 @@ Session::Session(const Model& model, const Tokenizer* tokenizer, SessionOptions 
       state_(model.new_state(options.policy)),
       sampler_(options.sampling) {
   options.sampling.validate();
+  if (options.device) {
+    if (&options.device->model() != &model) throw Error("the device model was made from another model");
+    if (options.device->policy() != options.policy)
+      throw Error(fmt::format("the device model runs the {} policy but the session asks for {}",
+                              to_string(options.device->policy()), to_string(options.policy)));
+    slot_ = DeviceSlot(*options.device);
+  }
   if (chunk_ <= 0) throw Error(fmt::format("prefill chunk must be positive, got {}", chunk_));
   if (tokenizer_ && tokenizer_->vocab_size() > model.config().vocab_size)
     throw Error(fmt::format("the tokenizer has {} pieces but the model's vocabulary holds {}",
@@ -36,8 +44,7 @@ std::vector<int> Session::encode(std::string_view text, bool add_bos) const {
 void Session::append(std::span<const int> tokens) {
   if (tokens.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
-  const SequenceStep step{&state_, tokens, LogitsMode::last, &next_logits_};
-  model_->forward({&step, 1}, chunk_);
+  run(tokens, chunk_);
   history_.insert(history_.end(), tokens.begin(), tokens.end());
   stats_.prefill_tokens += static_cast<long long>(tokens.size());
   stats_.prefill_seconds += seconds_since(t0);
@@ -51,16 +58,15 @@ GenerateResult Session::generate(const StopCriteria& stop, const TokenCallback& 
   std::optional<TextStream> stream;
   if (tokenizer_) stream.emplace(*tokenizer_, history_);
   const auto t0 = std::chrono::steady_clock::now();
-  const long long start = state_.position();
+  const long long start = position();
   while (true) {
     // Every sampled token is fed back, so under strict the last token that fits is the last one.
-    if (state_.policy == ContextPolicy::strict && state_.position() >= model_->trained_window()) {
+    if (policy() == ContextPolicy::strict && position() >= model_->trained_window()) {
       result.reason = StopReason::length;
       break;
     }
     const int id = sampler_.sample(next_logits_, history_);
-    const SequenceStep s{&state_, {&id, 1}, LogitsMode::last, &next_logits_};
-    model_->forward({&s, 1});
+    run({&id, 1}, 1);
     history_.push_back(id);
     result.tokens.push_back(id);
     const StopStep step = checker.push(id, stream ? stream->push(id) : std::string());
@@ -83,13 +89,44 @@ GenerateResult Session::generate(const StopCriteria& stop, const TokenCallback& 
       if (on_token) on_token(-1, tail);
     }
   }
-  stats_.decode_tokens += state_.position() - start;
+  stats_.decode_tokens += position() - start;
   stats_.decode_seconds += seconds_since(t0);
   return result;
 }
 
+void Session::run(std::span<const int> tokens, long long chunk) {
+  if (slot_) {
+    const DeviceStep step{slot_.slot(), tokens, LogitsMode::last, &next_logits_};
+    slot_.device()->forward({&step, 1});
+    host_stale_ = true;
+    return;
+  }
+  const SequenceStep step{&state_, tokens, LogitsMode::last, &next_logits_};
+  model_->forward({&step, 1}, chunk);
+}
+
+long long Session::position() const { return slot_ ? slot_.device()->position(slot_.slot()) : state_.position(); }
+
+size_t Session::state_bytes() const { return slot_ ? slot_.device()->slot_bytes() : state_.byte_size(); }
+
+const ModelState& Session::state() const {
+  if (host_stale_) {
+    state_ = slot_.device()->download(slot_.slot());
+    host_stale_ = false;
+  }
+  return state_;
+}
+
+ModelState& Session::state() {
+  // A caller may change the returned state; it goes back to the device on the next restore.
+  return const_cast<ModelState&>(std::as_const(*this).state());
+}
+
 void Session::set_policy(ContextPolicy policy) {
   if (policy == state_.policy) return;
+  if (slot_)
+    throw Error(fmt::format("the session runs on a device model made for the {} policy; it cannot change to {}",
+                            to_string(state_.policy), to_string(policy)));
   if (state_.policy != ContextPolicy::strict)
     throw Error(fmt::format("the session runs the {} policy; only strict can change (to a slide policy)",
                             to_string(state_.policy)));
@@ -97,6 +134,13 @@ void Session::set_policy(ContextPolicy policy) {
 }
 
 void Session::restore(ModelState state, std::vector<int> history, std::vector<float> next_logits) {
+  if (slot_) {
+    if (state.policy != slot_.device()->policy())
+      throw Error(fmt::format("the state runs the {} policy but the device model runs {}", to_string(state.policy),
+                              to_string(slot_.device()->policy())));
+    slot_.device()->upload(slot_.slot(), state);
+    host_stale_ = false;
+  }
   state_ = std::move(state);
   history_ = std::move(history);
   next_logits_ = std::move(next_logits);

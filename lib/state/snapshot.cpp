@@ -54,25 +54,24 @@ Session resume(const SessionSnapshot& s, const Model& model, const Tokenizer* to
       s.history.size() != static_cast<size_t>(s.state.position()))
     throw Error(fmt::format("{} is inconsistent: {} layers of state, {} history tokens at position {}", where,
                             s.state.layers.size(), s.history.size(), s.state.position()));
+  // Only strict may change, to a slide policy (they agree inside the window).
+  const ContextPolicy policy = options.policy.value_or(s.state.policy);
+  if (policy != s.state.policy && s.state.policy != ContextPolicy::strict)
+    throw Error(fmt::format("cannot resume a session saved with the {} policy under the {} policy: only strict can "
+                            "change (to a slide policy); resume it with {}",
+                            to_string(s.state.policy), to_string(policy), to_string(s.state.policy)));
   SessionOptions o;
-  o.policy = s.state.policy;
+  o.policy = policy;
   o.prefill_chunk = options.prefill_chunk.value_or(s.prefill_chunk);
   o.sampling = s.sampling;
+  o.device = options.device;
   Session session(model, tokenizer, o);
   state_format::check_same_math(s.block_size, s.state.layers.front().normalized(), model,
-                                session.state().layers.front().normalized(), where);
+                                model.new_state().layers.front().normalized(), where);
   session.sampler().load_rng(s.rng);
-  session.restore(s.state, s.history, s.next_logits);
-  if (options.policy) {
-    try {
-      session.set_policy(*options.policy);
-    } catch (const Error& e) {
-      throw Error(
-          fmt::format("cannot resume a session saved with the {} policy under the {} policy: {}; resume it "
-                      "with {}",
-                      to_string(s.state.policy), to_string(*options.policy), e.what(), to_string(s.state.policy)));
-    }
-  }
+  ModelState state = s.state;
+  state.policy = policy;
+  session.restore(std::move(state), s.history, s.next_logits);
   return session;
 }
 

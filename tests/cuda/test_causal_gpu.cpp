@@ -222,3 +222,38 @@ TEST_CASE("the GPU operator refuses what it does not cover", "[gpu]") {
   gpu.acquire();
   CHECK_THROWS_WITH(gpu.acquire(), Catch::Contains("in use"));
 }
+
+TEST_CASE("bf16 prefill on the tensor cores: the 340M head layout and grouped heads, partial last blocks",
+          "[gpu][bf16]") {
+  std::mt19937_64 rng(35);
+  struct Case {
+    HeadLayout layout;
+    int C, L;
+    long long T;
+  };
+  for (const Case& c : {Case{{4, 4, 128, 256}, 64, 32, 64 * 40 + 37}, Case{{8, 2, 32, 64}, 32, 8, 1000},
+                        Case{{2, 1, 16, 16}, 16, 4, 16 * 9}, Case{{4, 4, 128, 256}, 64, 32, 5}}) {
+    INFO("H=" << c.layout.heads << " Hkv=" << c.layout.kv_heads << " C=" << c.C << " T=" << c.T);
+    CausalOptions opt;
+    opt.layout = c.layout;
+    opt.block_size = c.C;
+    opt.rotary = true;
+    opt.policy = ContextPolicy::slide_mean;
+    const auto mixing = MixingWeights::from_learned(test::random_vector(rng, c.L * c.L, 0.0f, 1.0f), c.L);
+    cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::bf16, c.L);
+    auto in = test::random_inputs(rng, opt.layout, c.T);
+    in.q = test::round_bf16(in.q);
+    in.k = test::round_bf16(in.k);
+    in.v = test::round_bf16(in.v);
+    const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, c.T);
+    auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
+         v = test::to_device<__nv_bfloat16>(in.v);
+    auto o = test::poisoned_output(static_cast<size_t>(c.T) * c.layout.heads * c.layout.dv);
+    const int slot = gpu.acquire();
+    gpu.prefill(slot, q.get(), k.get(), v.get(), c.T, o.get());
+    gpu.synchronize();
+    const auto out = test::from_device(o);
+    REQUIRE(all_finite(out));
+    CHECK(relative_error(out, ref) <= 2e-2);
+  }
+}

@@ -1,0 +1,173 @@
+// The whole model on the GPU, MHLA-340M layout with random weights (bf16, slide_mean): prefill
+// tokens/s by length, and decode tokens/s at batch 1 and 64 over contexts 1K to 128K, beside
+// their floors from ceilings measured in the same run (copy bandwidth, bf16 GEMM rate).
+// Decode floor: every bf16 weight read once per step plus each sequence's state traffic
+// (1.84 MB per layer and token, bench/NOTES.md); prefill floor: 2 FLOPs per weight and token
+// at the GEMM rate. Prints a table and one JSON line per figure.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "mhla/cuda.hpp"
+#include "mhla/device.hpp"
+#include "mhla/error.hpp"
+#include "mhla/model.hpp"
+
+namespace {
+
+double median(std::vector<double> t) {
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+template <class F>
+double median_wall_ms(F&& f, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(t);
+}
+
+void report(const std::string& what, double ms, double floor_ms, double tokens) {
+  const double rate = tokens / (ms * 1e-3);
+  std::printf("%-36s %10.3f ms %12.0f tok/s   floor %9.3f ms (%.0f tok/s)   x_floor %5.2f\n", what.c_str(), ms, rate,
+              floor_ms, tokens / (floor_ms * 1e-3), ms / floor_ms);
+  std::printf("JSON {\"figure\":\"%s\",\"ms\":%.6f,\"tokens_per_s\":%.1f,\"floor_ms\":%.6f}\n", what.c_str(), ms, rate,
+              floor_ms);
+}
+
+struct Ceilings {
+  double bytes_per_s = 0;  // read + written
+  double flops = 0;        // bf16 GEMM
+};
+
+Ceilings measure_ceilings() {
+  Ceilings c;
+  const size_t bytes = size_t{2} << 30;
+  char *a = nullptr, *b = nullptr;
+  mhla::cuda::device_count();
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess)
+    throw mhla::Error("cannot allocate the copy buffers");
+  cudaMemset(a, 1, bytes);
+  const double copy_ms = median_wall_ms(
+      [&] {
+        cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+        cudaDeviceSynchronize();
+      },
+      2, 7);
+  c.bytes_per_s = 2.0 * bytes / (copy_ms * 1e-3);
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  const int n = 8192;
+  const float one = 1, zero = 0;
+  auto* A = reinterpret_cast<__nv_bfloat16*>(a);
+  auto* B = A + size_t{n} * n;
+  auto* C = reinterpret_cast<__nv_bfloat16*>(b);
+  const double gemm_ms = median_wall_ms(
+      [&] {
+        cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF, n, &zero, C,
+                     CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cudaDeviceSynchronize();
+      },
+      2, 7);
+  c.flops = 2.0 * n * n * double(n) / (gemm_ms * 1e-3);
+  cublasDestroy(blas);
+  cudaFree(a);
+  cudaFree(b);
+  return c;
+}
+
+std::vector<int> ids(size_t n, int vocab) {
+  std::vector<int> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<int>((i * 7919 + 13) % static_cast<size_t>(vocab));
+  return v;
+}
+
+}  // namespace
+
+int main() try {
+  if (mhla::cuda::device_count() == 0) {
+    std::puts("skipped: no GPU");
+    return 77;
+  }
+  std::printf("device: %s\n", mhla::cuda::device_name(0).c_str());
+  const Ceilings ceil = measure_ceilings();
+  std::printf("ceilings: copy %.2f TB/s (read+write), bf16 GEMM %.1f TFLOP/s\n", ceil.bytes_per_s / 1e12,
+              ceil.flops / 1e12);
+
+  mhla::ModelConfig cfg;  // the defaults are the research 340M configuration
+  cfg.intermediate_size = 2816;
+  const auto t0 = std::chrono::steady_clock::now();
+  const mhla::Model model = mhla::Model::random(cfg, 32, 1);
+  std::printf("model: %.1f M parameters (random weights, made in %.1f s)\n", model.parameter_count() / 1e6,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const double params = static_cast<double>(model.parameter_count());
+  const double embed = double(cfg.vocab_size) * cfg.hidden_size;
+  const double layer_params = params - embed * (cfg.tie_word_embeddings ? 1 : 2);
+  const double state_bytes_per_token = cfg.num_layers * 1.84e6;  // per sequence and step
+
+  mhla::DeviceModelOptions o;
+  o.max_sequences = 64;
+  o.policy = mhla::ContextPolicy::slide_mean;
+  o.precision = mhla::DevicePrecision::bf16;
+  const auto dev = mhla::make_device_model(model, mhla::Device::cuda, o);
+  std::printf("device model: %s, %.0f MB of state per sequence\n", dev->description().c_str(), dev->slot_bytes() / 1e6);
+
+  // Prefill: the projections and head row are GEMMs over every token (2 FLOPs per weight).
+  for (long long N : {2048LL, 8192LL, 32768LL}) {
+    const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
+    std::vector<float> logits;
+    const double ms = median_wall_ms(
+        [&] {
+          const mhla::DeviceSlot s(*dev);
+          const mhla::DeviceStep step{s.slot(), prompt, mhla::LogitsMode::last, &logits};
+          dev->forward({&step, 1});
+        },
+        1, 5);
+    const double floor_ms = 2.0 * layer_params * N / ceil.flops * 1e3;
+    report("model prefill N=" + std::to_string(N), ms, floor_ms, double(N));
+  }
+
+  // Decode: B sequences at context N (one prefilled, the rest forked from it), 128 steps timed
+  // so block boundaries come at their natural rate.
+  for (long long N : {1024LL, 8192LL, 32768LL, 131072LL}) {
+    std::vector<mhla::DeviceSlot> slots;
+    slots.emplace_back(*dev);
+    {
+      const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
+      const mhla::DeviceStep step{slots[0].slot(), prompt, mhla::LogitsMode::none, nullptr};
+      dev->forward({&step, 1});
+    }
+    for (int B : {1, 64}) {
+      while (static_cast<int>(slots.size()) < B) slots.push_back(slots[0]);
+      std::vector<std::vector<float>> logits(B);
+      std::vector<int> next(B, 7);
+      std::vector<mhla::DeviceStep> batch;
+      for (int i = 0; i < B; ++i) batch.push_back({slots[i].slot(), {&next[i], 1}, mhla::LogitsMode::last, &logits[i]});
+      for (int s = 0; s < 4; ++s) dev->forward(batch);  // warm-up
+      const int steps = 128;
+      const double ms = median_wall_ms(
+                            [&] {
+                              for (int s = 0; s < steps; ++s) dev->forward(batch);
+                            },
+                            0, 1) /
+                        steps;
+      const double floor_ms = (params * 2.0 + B * state_bytes_per_token) / ceil.bytes_per_s * 1e3;
+      report("model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N), ms, floor_ms, double(B));
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "mhla_bench_cuda_model: %s\n", e.what());
+  return 1;
+}
