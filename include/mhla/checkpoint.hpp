@@ -1,13 +1,14 @@
 #pragma once
 // Session checkpoints: a session saved to a file, verified and resumed exactly, or branched.
 //
-// State file layout, format version 1 (docs/state-format.md gives the reasons and the sizes).
+// State file layout, format version 2 (docs/state-format.md gives the reasons and the sizes).
 // Every integer and float is little-endian, whatever the host; i32/i64 are two's complement.
 //   preamble, 28 bytes:
 //     magic "MHLASTAT" (8 bytes), u32 format version, u32 byte-order mark 0x01020304 (on disk
 //     04 03 02 01), u32 section count, u64 XXH3-64 of the preceding 20 bytes
 //   sections, in this order and nothing after the last, each framed as
 //     4-byte ASCII tag, u64 payload length n, n payload bytes, u64 XXH3-64 of tag+length+payload
+//   (version 1 is the same without TRNS; a file is written as version 1 when it has no transcript)
 //   MODL  the model fingerprint (ModelFingerprint):
 //         u32 n + n bytes model directory (informational), u64 weights hash,
 //         i32 hidden_size, num_layers, num_heads, num_kv_heads, head_k_dim, head_v_dim,
@@ -22,6 +23,8 @@
 //         vocabulary size, or 0 when nothing was consumed yet)
 //   SAMP  f32 temperature, i32 top_k, f32 top_p, f32 min_p, f32 repeat_penalty,
 //         i32 repeat_window, u64 seed, u32 n + n bytes RNG state (Sampler::save_rng)
+//   TRNS  the transcript: u32 entries, per entry u32 n + n bytes role (1 to 32 printable ASCII
+//         characters), u32 n + n bytes content (the text as the client gave or received it)
 //   LAYR  one per layer, in order: u32 layer index, i64 tail blocks, u32 recent summaries r;
 //         then the slots P, A, tail (fp32) and the r recent summaries newest first (in the
 //         summary storage precision); per slot, per kv head: dk x dv row-major, then the dk
@@ -39,13 +42,21 @@
 
 namespace mhla {
 
-inline constexpr std::uint32_t kStateFormatVersion = 1;
+inline constexpr std::uint32_t kStateFormatVersion = 2;  // the newest this engine reads and writes
 
 // How the completed block summaries are stored. bf16 halves their bytes; a resume is then
 // exact with respect to the stored (rounded) values. P, A and the tail stay fp32.
 enum class SummaryStorage { f32, bf16 };
 std::string_view to_string(SummaryStorage s);
 SummaryStorage parse_summary_storage(std::string_view name);  // "f32" or "bf16"
+
+// One entry of a conversation's transcript: a message ("system", "user", "assistant") or raw
+// text ("text"). The engine does not read it; clients keep it with the state to show it again.
+struct TranscriptEntry {
+  std::string role;
+  std::string content;
+  bool operator==(const TranscriptEntry&) const = default;
+};
 
 // Everything a state file holds, detached from any session. Restoring one snapshot into many
 // sessions branches from the same point without prefilling again.
@@ -60,6 +71,7 @@ struct SessionSnapshot {
   ModelState state;  // its context policy included
   std::vector<int> history;
   std::vector<float> next_logits;
+  std::vector<TranscriptEntry> transcript;  // empty for sessions saved without one
 };
 
 // A copy of the session's contents; with bf16 the recent summaries are rounded to bf16.
@@ -79,6 +91,7 @@ Session resume(const SessionSnapshot& snapshot, const Model& model, const Tokeni
                const ResumeOptions& options = {});
 
 // Writes atomically: a temporary file beside `path`, flushed and fsynced, then renamed.
+// Throws mhla::Error for a transcript role the format cannot hold.
 void write_state_file(const std::string& path, const SessionSnapshot& snapshot);
 // Reads and verifies the whole file against `model` (checksums, model, options, every count).
 SessionSnapshot read_state_file(const std::string& path, const Model& model);

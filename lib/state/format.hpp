@@ -22,7 +22,13 @@ inline constexpr std::string_view kOptionsTag = "OPTS";
 inline constexpr std::string_view kSequenceTag = "SEQN";
 inline constexpr std::string_view kSamplerTag = "SAMP";
 inline constexpr std::string_view kLayerTag = "LAYR";
-inline constexpr std::uint32_t kFixedSections = 4;  // MODL, OPTS, SEQN, SAMP; then one LAYR per layer
+inline constexpr std::string_view kTranscriptTag = "TRNS";
+
+// The sections before the layers: MODL, OPTS, SEQN, SAMP, and TRNS from version 2 on.
+std::uint32_t fixed_sections(std::uint32_t version);
+// The oldest version that holds these contents, so files without a transcript stay readable
+// by engines that know version 1 only.
+std::uint32_t version_for(const std::vector<TranscriptEntry>& transcript);
 
 // Throws mhla::Error: "<where>: <what>; the file is damaged ...", with what to do about it.
 [[noreturn]] void damaged(std::string_view where, std::string_view what);
@@ -64,6 +70,10 @@ SequenceSection decode_sequence(state_io::ByteReader& in, int vocab_size);
 std::string encode_sampler(const SamplingParams& p, std::string_view rng);
 // Checks the settings and that the RNG state loads.
 SamplerSection decode_sampler(state_io::ByteReader& in);
+
+// Throws mhla::Error for a role the format cannot hold (1 to 32 printable ASCII characters).
+std::string encode_transcript(const std::vector<TranscriptEntry>& transcript);
+std::vector<TranscriptEntry> decode_transcript(state_io::ByteReader& in);
 
 std::string encode_layer(int index, const CausalState& s, SummaryStorage summaries);
 // Fills `state` (shaped for the model: layout, block size, L, normalization) through reset_to;

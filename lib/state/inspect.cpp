@@ -1,6 +1,7 @@
 // A read-only report on a state file, without a model: what each intact section says, and the
 // first problem found. Decoding a layer needs the model section's shapes and the position.
 #include <fmt/format.h>
+#include <map>
 #include <optional>
 
 #include "mhla/checkpoint.hpp"
@@ -14,13 +15,14 @@ using namespace state_format;
 
 namespace {
 
-std::string_view expected_tag(std::uint32_t index) {
-  static constexpr std::string_view fixed[] = {kModelTag, kOptionsTag, kSequenceTag, kSamplerTag};
-  return index <= kFixedSections ? fixed[index - 1] : kLayerTag;
+std::string_view expected_tag(std::uint32_t index, std::uint32_t version) {
+  static constexpr std::string_view fixed[] = {kModelTag, kOptionsTag, kSequenceTag, kSamplerTag, kTranscriptTag};
+  return index <= fixed_sections(version) ? fixed[index - 1] : kLayerTag;
 }
 
 // What the intact sections said so far.
 struct Seen {
+  std::uint32_t version = 0;
   std::optional<ModelSection> model;
   std::optional<OptionsSection> options;
   std::optional<long long> position;
@@ -58,12 +60,25 @@ std::vector<std::string> sampler_details(const SamplerSection& s) {
           fmt::format("RNG state: {} bytes", s.rng.size())};
 }
 
+std::vector<std::string> transcript_details(const std::vector<TranscriptEntry>& transcript) {
+  std::map<std::string, int> roles;
+  size_t bytes = 0;
+  for (const auto& e : transcript) {
+    ++roles[e.role];
+    bytes += e.content.size();
+  }
+  std::string counts;
+  for (const auto& [role, n] : roles) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, role);
+  return {fmt::format("transcript: {} entries ({}), {} bytes of text", transcript.size(), counts.empty() ? "none" : counts,
+                      bytes)};
+}
+
 std::vector<std::string> layer_details(state_io::ByteReader& in, const RawSection& raw, Seen& seen) {
   if (!seen.model || !seen.options || !seen.position)
     return {"not decoded: the model, options or sequence section is missing or damaged"};
   const auto& f = seen.model->fingerprint;
   const auto& o = *seen.options;
-  const int index = static_cast<int>(raw.index - kFixedSections - 1);
+  const int index = static_cast<int>(raw.index - fixed_sections(seen.version) - 1);
   // The three fixed slots must be in the payload before the state allocates them.
   const double least =
       3.0 * 4 * f.num_kv_heads * (1.0 * f.head_k_dim * f.head_v_dim + (o.normalized ? f.head_k_dim : 0));
@@ -83,7 +98,7 @@ std::vector<std::string> layer_details(state_io::ByteReader& in, const RawSectio
 
 std::vector<std::string> decode(const RawSection& raw, const std::string& where, Seen& seen) {
   state_io::ByteReader in(raw.payload, where);
-  const std::string_view want = expected_tag(raw.index);
+  const std::string_view want = expected_tag(raw.index, seen.version);
   if (raw.tag != want) in.fail(fmt::format("'{}' is there where '{}' belongs", raw.tag, want));
   if (want == kModelTag) {
     seen.model = decode_model(in);
@@ -101,6 +116,7 @@ std::vector<std::string> decode(const RawSection& raw, const std::string& where,
                         s.next_logits.size())};
   }
   if (want == kSamplerTag) return sampler_details(decode_sampler(in));
+  if (want == kTranscriptTag) return transcript_details(decode_transcript(in));
   return layer_details(in, raw, seen);
 }
 
@@ -112,6 +128,8 @@ StateFileReport inspect_state_file(const std::string& path) {
   report.file_bytes = file.file_bytes();
   report.version = file.version();
   Seen seen;
+  seen.version = file.version();
+  const std::uint32_t fixed = fixed_sections(file.version());
   auto note = [&](const std::string& problem) {
     if (report.problem.empty()) report.problem = problem;
   };
@@ -135,11 +153,11 @@ StateFileReport inspect_state_file(const std::string& path) {
   } catch (const Error& e) {
     note(e.what());
   }
-  if (seen.model &&
-      file.section_count() != kFixedSections + static_cast<std::uint32_t>(seen.model->fingerprint.num_layers))
-    note(fmt::format("{}: the preamble counts {} sections but a {}-layer model needs {}; the file is damaged",
+  if (seen.model && file.section_count() != fixed + static_cast<std::uint32_t>(seen.model->fingerprint.num_layers))
+    note(fmt::format("{}: the preamble counts {} sections but a {}-layer model needs {} in format version {}; the "
+                     "file is damaged",
                      file.where(), file.section_count(), seen.model->fingerprint.num_layers,
-                     kFixedSections + seen.model->fingerprint.num_layers));
+                     fixed + seen.model->fingerprint.num_layers, file.version()));
   if (seen.position) report.summary.push_back(fmt::format("position {}", *seen.position));
   if (seen.model && seen.layers == seen.model->fingerprint.num_layers)
     report.summary.push_back(

@@ -40,10 +40,10 @@ std::string printable(std::string_view tag) {
 
 }  // namespace
 
-void write_preamble(state_io::AtomicFile& file, std::uint32_t section_count) {
+void write_preamble(state_io::AtomicFile& file, std::uint32_t version, std::uint32_t section_count) {
   state_io::ByteWriter w;
   w.raw(kMagic);
-  w.u32(kStateFormatVersion);
+  w.u32(version);
   w.u32(kByteOrderMark);
   w.u32(section_count);
   w.u64(checksum(w.bytes(), {}));

@@ -11,7 +11,7 @@
 
 namespace mhla::state_format {
 
-void write_preamble(state_io::AtomicFile& file, std::uint32_t section_count);
+void write_preamble(state_io::AtomicFile& file, std::uint32_t version, std::uint32_t section_count);
 void write_section(state_io::AtomicFile& file, std::string_view tag, std::string_view payload);
 
 struct RawSection {

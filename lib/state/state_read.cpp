@@ -26,10 +26,12 @@ SessionSnapshot read_state_file(const std::string& path, const Model& model) {
   const RawSection model_raw = take(kModelTag);
   auto in = reader(model_raw);
   ModelSection saved = decode_model(in);
-  if (file.section_count() != kFixedSections + static_cast<std::uint32_t>(saved.fingerprint.num_layers))
+  const std::uint32_t fixed = fixed_sections(file.version());
+  if (file.section_count() != fixed + static_cast<std::uint32_t>(saved.fingerprint.num_layers))
     damaged(file.where(),
-            fmt::format("the preamble counts {} sections but a {}-layer model needs {}", file.section_count(),
-                        saved.fingerprint.num_layers, kFixedSections + saved.fingerprint.num_layers));
+            fmt::format("the preamble counts {} sections but a {}-layer model needs {} in format version {}",
+                        file.section_count(), saved.fingerprint.num_layers, fixed + saved.fingerprint.num_layers,
+                        file.version()));
   check_same_model(saved.fingerprint, saved.directory, model, file.where());
 
   const RawSection options_raw = take(kOptionsTag);
@@ -51,6 +53,13 @@ SessionSnapshot read_state_file(const std::string& path, const Model& model) {
   in = reader(sampler_raw);
   SamplerSection sampler = decode_sampler(in);
 
+  std::vector<TranscriptEntry> transcript;
+  if (file.version() >= 2) {
+    const RawSection transcript_raw = take(kTranscriptTag);
+    in = reader(transcript_raw);
+    transcript = decode_transcript(in);
+  }
+
   for (size_t l = 0; l < state.layers.size(); ++l) {
     const RawSection layer_raw = take(kLayerTag);
     in = reader(layer_raw);
@@ -69,6 +78,7 @@ SessionSnapshot read_state_file(const std::string& path, const Model& model) {
   s.state = std::move(state);
   s.history = std::move(sequence.history);
   s.next_logits = std::move(sequence.next_logits);
+  s.transcript = std::move(transcript);
   return s;
 }
 

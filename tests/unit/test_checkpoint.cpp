@@ -1,6 +1,7 @@
 // Saving and resuming sessions in one process: exact continuation at every kind of split
 // point, greedy and sampled; forks; policy and sampler changes on resume; bf16 summaries; the
-// committed samples of every format version; the model fingerprint.
+// committed samples of every format version; transcripts (format version 2); the model
+// fingerprint.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -247,6 +248,68 @@ TEST_CASE("bf16 summaries change logits over 2K tokens only slightly", "[checkpo
   CHECK(every_error < 1e-2);
 }
 
+TEST_CASE("a transcript travels in the state file, and a file without one stays version 1", "[checkpoint]") {
+  const Model model = Model::load(kDataDir + "/models/tiny");
+  const ScratchDir dir;
+  Session s(model, nullptr, session_options(ContextPolicy::slide_mean, 0.8f, 3));
+  s.append(kPrompt);
+  Trace t;
+  generate_into(s, 12, t);
+  const std::vector<TranscriptEntry> transcript = {
+      {"system", "Be brief."},
+      {"user", "Hello,\n\"quoted\" and \xc3\xbcnicode"},
+      {"assistant", std::string("any bytes: \0\xff\x01", 14)},
+      {"text", ""},
+  };
+  SessionSnapshot with = snapshot(s);
+  with.transcript = transcript;
+  write_state_file(dir.file("chat"), with);
+  save_session(dir.file("plain"), s);
+
+  const SessionSnapshot read = read_state_file(dir.file("chat"), model);
+  CHECK(read.transcript == transcript);
+  CHECK(read.history == s.history());
+  CHECK(read_state_file(dir.file("plain"), model).transcript.empty());
+
+  const StateFileReport chat = inspect_state_file(dir.file("chat"));
+  REQUIRE(chat.ok());
+  CHECK(chat.version == 2);
+  std::vector<std::string> tags;
+  for (const auto& section : chat.sections) tags.push_back(section.tag);
+  CHECK(tags == std::vector<std::string>{"MODL", "OPTS", "SEQN", "SAMP", "TRNS", "LAYR", "LAYR"});
+  size_t text_bytes = 0;
+  for (const auto& e : transcript) text_bytes += e.content.size();
+  CHECK(chat.sections[4].details ==
+        std::vector<std::string>{fmt::format("transcript: 4 entries (1 assistant, 1 system, 1 text, 1 user), {} bytes "
+                                             "of text",
+                                             text_bytes)});
+  CHECK(chat.sections[5].details.front().starts_with("layer 0:"));
+  const StateFileReport plain = inspect_state_file(dir.file("plain"));
+  CHECK(plain.version == 1);
+  CHECK(plain.sections.size() == 6);
+  // Without a transcript the file is what version 1 always was, byte for byte.
+  write_state_file(dir.file("snapshot"), snapshot(s));
+  CHECK(slurp(dir.file("snapshot")) == slurp(dir.file("plain")));
+
+  // The transcript changes nothing about the session: both files continue identically.
+  Session a = resume(read, model, nullptr);
+  Session b = resume(read_state_file(dir.file("plain"), model), model, nullptr);
+  Trace ta, tb;
+  generate_into(a, 8, ta);
+  generate_into(b, 8, tb);
+  CHECK(ta.tokens == tb.tokens);
+  CHECK(ta.logits == tb.logits);
+
+  // A role the format cannot hold is refused before anything is written.
+  for (const std::string& role : {std::string(), std::string("two words"), std::string(33, 'r'), std::string("\x01")}) {
+    SessionSnapshot bad = snapshot(s);
+    bad.transcript = {{"user", "fine"}, {role, "x"}};
+    INFO("role '" << role << "'");
+    CHECK_THROWS_WITH(write_state_file(dir.file("bad"), bad), Catch::Contains("transcript entry 1 has the role"));
+    CHECK_FALSE(fs::exists(dir.file("bad")));
+  }
+}
+
 TEST_CASE("the committed state file of every format version still loads", "[checkpoint][compat]") {
   const Model model = Model::load(kDataDir + "/models/tiny");
   int found = 0;
@@ -260,6 +323,13 @@ TEST_CASE("the committed state file of every format version still loads", "[chec
     CHECK(saved.sampling.seed == 7);
     CHECK(saved.state.layers.front().tail_blocks() == 3);
     CHECK(std::vector<int>(saved.history.begin(), saved.history.begin() + 5) == kPrompt);
+    // The version 2 sample is the version 1 one with a transcript (docs/state-format.md).
+    if (e.path().filename().string().starts_with("v1-"))
+      CHECK(saved.transcript.empty());
+    else
+      CHECK(saved.transcript == std::vector<TranscriptEntry>{{"system", "Be brief."},
+                                                              {"user", "What does sorted() do?"},
+                                                              {"assistant", "It returns a new sorted list."}});
 
     // The stored state is what this engine computes for that history (up to rounding).
     SessionOptions o;
@@ -276,7 +346,7 @@ TEST_CASE("the committed state file of every format version still loads", "[chec
     generate_into(resumed, 5, t);
     CHECK(resumed.position() == 50);
   }
-  CHECK(found >= 2);
+  CHECK(found >= 3);
 }
 
 TEST_CASE("model fingerprints tell models apart", "[checkpoint]") {

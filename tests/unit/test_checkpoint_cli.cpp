@@ -95,6 +95,24 @@ TEST_CASE("state inspect reports model, position, sizes, options and checksums",
   CHECK_THAT(r.out, !Catch::Contains("BAD"));
 }
 
+TEST_CASE("state inspect shows the transcript of a version 2 file", "[checkpoint][cli]") {
+  const ScratchDir dir;
+  const Model model = Model::load(kTiny);
+  Session s(model, nullptr, session_options(ContextPolicy::slide_mean, 0, 1));
+  s.append(std::vector<int>{1, 5, 9});
+  SessionSnapshot snap = snapshot(s);
+  snap.transcript = {{"user", "Hello"}, {"assistant", "Hi there"}};
+  write_state_file(dir.file("chat"), snap);
+  const CliRun r = run_cli(dir, "state inspect " + quoted(dir.file("chat")));
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  for (const char* want : {"state format version 2", "TRNS", "transcript: 2 entries (1 assistant, 1 user), 13 bytes of text",
+                           "position 3", "LAYR"})
+    CHECK_THAT(r.out, Catch::Contains(want));
+  // A resumed run continues from it (the transcript is for clients that show the conversation).
+  CHECK_FALSE(ids_of(dir, generate_args("--resume " + quoted(dir.file("chat")) + " --max-tokens 3")).empty());
+}
+
 TEST_CASE("damaged and foreign state files exit with status 1 and a message", "[checkpoint][cli]") {
   const ScratchDir dir;
   const std::string good_path = dir.file("good");

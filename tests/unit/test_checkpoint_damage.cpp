@@ -18,14 +18,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A state file past the trained window (tail and recent summaries in use).
-std::string make_state(const Model& model, const ScratchDir& dir, SummaryStorage storage = SummaryStorage::f32) {
+// A state file past the trained window (tail and recent summaries in use); with a transcript
+// it is a version 2 file (a TRNS section after SAMP), else version 1.
+std::string make_state(const Model& model, const ScratchDir& dir, SummaryStorage storage = SummaryStorage::f32,
+                       bool transcript = false) {
   Session s(model, nullptr, session_options(ContextPolicy::slide_mean, 1.5f, 4));
   s.append(std::vector<int>{1, 5, 9, 3, 7});
   Trace t;
   generate_into(s, 40, t);
-  const std::string path = dir.file(fmt::format("good-{}.mhlastate", to_string(storage)));
-  save_session(path, s, storage);
+  const std::string path =
+      dir.file(fmt::format("good-{}{}.mhlastate", to_string(storage), transcript ? "-transcript" : ""));
+  SessionSnapshot snap = snapshot(s, storage);
+  if (transcript) snap.transcript = {{"user", "What does sorted() do?"}, {"assistant", "It returns a new list."}};
+  write_state_file(path, snap);
   return path;
 }
 
@@ -63,22 +68,24 @@ void fix_checksums(std::string& b) {
 TEST_CASE("truncation at every section boundary is refused", "[checkpoint][damage]") {
   const Model model = Model::load(kDataDir + "/models/tiny");
   const ScratchDir dir;
-  const std::string good = slurp(make_state(model, dir));
-  const auto frames = frames_of(good);
-  REQUIRE(frames.size() == 4 + 2);
-  REQUIRE(frames.back().end() == good.size());
-  std::vector<size_t> cuts = {1, 7, 8, 12, 27, 28};
-  for (const Frame& f : frames)
-    for (const size_t c :
-         {f.offset + 3, f.offset + 12, f.offset + 12 + f.length / 2, f.end() - 8, f.end() - 1, f.end()})
-      cuts.push_back(c);
   const std::string path = dir.file("cut");
-  for (const size_t cut : cuts) {
-    if (cut >= good.size()) continue;
-    INFO("cut at " << cut);
-    spill(path, good.substr(0, cut));
-    CHECK_THAT(read_error(path, model), Catch::Contains("truncated") || Catch::Contains("ends before"));
-    CHECK_FALSE(inspect_accepts(path));
+  for (const bool transcript : {false, true}) {
+    const std::string good = slurp(make_state(model, dir, SummaryStorage::f32, transcript));
+    const auto frames = frames_of(good);
+    REQUIRE(frames.size() == (transcript ? 5 : 4) + 2);
+    REQUIRE(frames.back().end() == good.size());
+    std::vector<size_t> cuts = {1, 7, 8, 12, 27, 28};
+    for (const Frame& f : frames)
+      for (const size_t c :
+           {f.offset + 3, f.offset + 12, f.offset + 12 + f.length / 2, f.end() - 8, f.end() - 1, f.end()})
+        cuts.push_back(c);
+    for (const size_t cut : cuts) {
+      if (cut >= good.size()) continue;
+      INFO((transcript ? "version 2" : "version 1") << ", cut at " << cut);
+      spill(path, good.substr(0, cut));
+      CHECK_THAT(read_error(path, model), Catch::Contains("truncated") || Catch::Contains("ends before"));
+      CHECK_FALSE(inspect_accepts(path));
+    }
   }
   spill(path, "");
   CHECK_THAT(read_error(path, model), Catch::Contains("is empty"));
@@ -88,8 +95,10 @@ TEST_CASE("truncation at every section boundary is refused", "[checkpoint][damag
 TEST_CASE("a flipped byte in any section is refused", "[checkpoint][damage]") {
   const Model model = Model::load(kDataDir + "/models/tiny");
   const ScratchDir dir;
-  for (const auto storage : {SummaryStorage::f32, SummaryStorage::bf16}) {
-    const std::string good = slurp(make_state(model, dir, storage));
+  const std::pair<SummaryStorage, bool> files[] = {
+      {SummaryStorage::f32, false}, {SummaryStorage::bf16, false}, {SummaryStorage::f32, true}};
+  for (const auto& [storage, transcript] : files) {
+    const std::string good = slurp(make_state(model, dir, storage, transcript));
     std::vector<std::pair<size_t, bool>> at;  // byte, whether only a checksum can notice
     for (size_t i = 0; i < 28; ++i) at.push_back({i, false});
     for (const Frame& f : frames_of(good)) {
@@ -99,7 +108,7 @@ TEST_CASE("a flipped byte in any section is refused", "[checkpoint][damage]") {
     }
     const std::string path = dir.file("flipped");
     for (const auto& [i, checksum_only] : at) {
-      INFO(to_string(storage) << ", byte " << i);
+      INFO(to_string(storage) << (transcript ? " with a transcript" : "") << ", byte " << i);
       std::string bad = good;
       bad[i] = static_cast<char>(bad[i] ^ 0x10);
       spill(path, bad);
@@ -136,7 +145,7 @@ TEST_CASE("foreign, newer and mismatched files are refused with what to do", "[c
   CHECK_THAT(read_error(dir.file("missing"), model), Catch::Contains("cannot open"));
 
   std::string newer = good;
-  newer[8] = 2;
+  newer[8] = static_cast<char>(kStateFormatVersion + 1);
   fix_checksums(newer);
   spill(dir.file("newer"), newer);
   CHECK_THAT(read_error(dir.file("newer"), model), Catch::Contains("newer than this engine reads"));
@@ -161,6 +170,46 @@ TEST_CASE("foreign, newer and mismatched files are refused with what to do", "[c
              Catch::Contains("inconsistent state") && Catch::Contains("damaged"));
 }
 
+TEST_CASE("a version that disagrees with the sections, and a damaged transcript, are refused", "[checkpoint][damage]") {
+  const Model model = Model::load(kDataDir + "/models/tiny");
+  const ScratchDir dir;
+  const std::string v1 = slurp(make_state(model, dir));
+  const std::string v2 = slurp(make_state(model, dir, SummaryStorage::f32, true));
+  auto refused = [&](std::string bytes, const std::string& expect) {
+    fix_checksums(bytes);
+    spill(dir.file("bad"), bytes);
+    CHECK_THAT(read_error(dir.file("bad"), model), Catch::Contains(expect));
+    CHECK_FALSE(inspect_accepts(dir.file("bad")));
+  };
+
+  // Relabeled versions: the section count, or the section where TRNS belongs, gives them away.
+  std::string relabeled = v1;
+  relabeled[8] = 2;
+  refused(relabeled, "the preamble counts 6 sections but a 2-layer model needs 7 in format version 2");
+  relabeled[16] = 7;
+  refused(relabeled, "'LAYR' is there where 'TRNS' belongs");
+  std::string older = v2;
+  older[8] = 1;
+  refused(older, "the preamble counts 7 sections but a 2-layer model needs 6 in format version 1");
+
+  // Damage inside the transcript behind valid checksums reaches its decoder.
+  const Frame trns = frames_of(v2)[4];
+  const size_t payload = trns.offset + 12;
+  REQUIRE(v2.substr(trns.offset, 4) == "TRNS");
+  std::string role = v2;
+  role[payload + 8] = '\x01';  // the first role's first byte
+  refused(role, "transcript entry 0 has a role of 4 bytes that are not 1 to 32 printable ASCII characters");
+  std::string count = v2;
+  store_u64(count, payload, 0xffffffffULL);  // the entry count (and the first role's length)
+  refused(count, "the transcript needs 4294967295 x 8 bytes");
+  std::string length = v2;
+  length[payload + 4 + 4 + 4 + 3] = '\x7f';  // the first content's length, past the section
+  refused(length, "a string needs");
+  std::string fewer = v2;
+  fewer[payload] = 1;  // one entry claimed, two there
+  refused(fewer, "unexplained bytes at the end of the section");
+}
+
 TEST_CASE("saving is atomic and leaves no temporary files", "[checkpoint][damage]") {
   const Model model = Model::load(kDataDir + "/models/tiny");
   const ScratchDir dir;
@@ -177,13 +226,15 @@ TEST_CASE("saving is atomic and leaves no temporary files", "[checkpoint][damage
 TEST_CASE("randomized mutations never crash the loader", "[checkpoint][damage][fuzz]") {
   const Model model = Model::load(kDataDir + "/models/tiny");
   const ScratchDir dir;
-  const std::string good = slurp(make_state(model, dir, SummaryStorage::bf16));
+  // Half the rounds mutate a version 1 file, half a version 2 file with its transcript.
+  const std::string goods[] = {slurp(make_state(model, dir, SummaryStorage::bf16)),
+                               slurp(make_state(model, dir, SummaryStorage::bf16, true))};
   const std::string path = dir.file("mutant");
   std::mt19937_64 rng(20240611);
   auto pick = [&](size_t n) { return n == 0 ? size_t{0} : static_cast<size_t>(rng() % n); };
   int loaded = 0, refused = 0;
   for (int round = 0; round < 3000; ++round) {
-    std::string b = good;
+    std::string b = goods[round % 4 < 2 ? 0 : 1];
     const int edits = 1 + static_cast<int>(pick(3));
     for (int e = 0; e < edits; ++e) {
       switch (pick(6)) {
