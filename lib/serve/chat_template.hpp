@@ -9,13 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "mhla/checkpoint.hpp"
+
 namespace mhla::serve {
 
-struct ChatMessage {
-  std::string role;  // system, user or assistant
-  std::string content;
-  bool operator==(const ChatMessage&) const = default;
-};
+// A message (role system, user or assistant) is what a session's transcript records, and the
+// transcript travels in checkpoints (the state file's TRNS section): one type for both.
+using ChatMessage = TranscriptEntry;
 
 class ChatTemplate {
 public:

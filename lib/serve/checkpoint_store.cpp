@@ -22,10 +22,8 @@ double unix_now() {
 }
 
 nlohmann::json meta_json(const CheckpointInfo& c) {
-  auto transcript = nlohmann::json::array();
-  for (const auto& m : c.transcript) transcript.push_back({{"role", m.role}, {"content", m.content}});
   return {{"id", c.id},           {"owner", c.owner},     {"source", c.source},   {"bytes", c.bytes},
-          {"position", c.position}, {"created", c.created}, {"expires", c.expires}, {"transcript", transcript}};
+          {"position", c.position}, {"created", c.created}, {"expires", c.expires}, {"messages", c.messages}};
 }
 
 CheckpointInfo parse_meta(const nlohmann::json& j) {
@@ -37,8 +35,7 @@ CheckpointInfo parse_meta(const nlohmann::json& j) {
   c.position = j.at("position").get<long long>();
   c.created = j.at("created").get<double>();
   c.expires = j.at("expires").get<double>();
-  for (const auto& m : j.at("transcript"))
-    c.transcript.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+  c.messages = j.value("messages", 0LL);  // absent before transcripts moved into the state file
   return c;
 }
 
@@ -47,7 +44,7 @@ CheckpointInfo parse_meta(const nlohmann::json& j) {
 nlohmann::json to_json(const CheckpointInfo& c) {
   return {{"id", c.id},         {"object", "checkpoint"},       {"source", c.source},
           {"bytes", c.bytes},   {"position", c.position},       {"created_at", static_cast<long long>(c.created)},
-          {"expires_at", static_cast<long long>(c.expires)}};
+          {"expires_at", static_cast<long long>(c.expires)}, {"messages", c.messages}};
 }
 
 CheckpointStore::CheckpointStore(std::string dir, const Model& model, const ServerConfig& config, Logger& log)
@@ -117,7 +114,7 @@ void CheckpointStore::commit(CheckpointInfo& info, const std::string& tmp_path) 
 }
 
 CheckpointInfo CheckpointStore::create(const std::string& owner, const SessionSnapshot& snapshot,
-                                       const std::vector<ChatMessage>& transcript, const std::string& source) {
+                                       const std::string& source) {
   std::lock_guard lock(mutex_);
   enforce_quota(owner, 0);
   CheckpointInfo info;
@@ -125,7 +122,7 @@ CheckpointInfo CheckpointStore::create(const std::string& owner, const SessionSn
   info.owner = owner;
   info.source = source;
   info.position = snapshot.state.position();
-  info.transcript = transcript;
+  info.messages = static_cast<long long>(snapshot.transcript.size());
   const std::string tmp = file_path(info.id) + "." + random_id("tmp");
   try {
     write_state_file(tmp, snapshot);
@@ -148,7 +145,9 @@ CheckpointInfo CheckpointStore::upload(const std::string& owner, std::string_vie
   const std::string tmp = file_path(info.id) + "." + random_id("tmp");
   try {
     write_file_atomic(tmp, bytes);
-    info.position = read_state_file(tmp, model_).state.position();
+    const SessionSnapshot snapshot = read_state_file(tmp, model_);
+    info.position = snapshot.state.position();
+    info.messages = static_cast<long long>(snapshot.transcript.size());
   } catch (const std::exception& e) {
     std::error_code ec;
     fs::remove(tmp, ec);

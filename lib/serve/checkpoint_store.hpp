@@ -1,6 +1,7 @@
 #pragma once
 // Checkpoints clients asked for, in <state-dir>/checkpoints: <id>.mhst (a state file,
-// include/mhla/checkpoint.hpp) and <id>.json (owner, times, size, transcript). Clients name
+// include/mhla/checkpoint.hpp, with the session's transcript) and <id>.json (owner, times,
+// size). Clients name
 // checkpoints by id only, never by path. Each API key has quotas on their number and bytes;
 // checkpoints expire after --checkpoint-ttl. Safe to use from any thread.
 #include <mutex>
@@ -24,16 +25,16 @@ struct CheckpointInfo {
   long long position = 0;
   double created = 0;       // unix seconds
   double expires = 0;
-  std::vector<ChatMessage> transcript;
+  long long messages = 0;   // transcript entries in the state file
 };
 
 class CheckpointStore {
 public:
   CheckpointStore(std::string dir, const Model& model, const ServerConfig& config, Logger& log);
 
-  // Quota and disk failures throw ApiError (429 for quotas).
-  CheckpointInfo create(const std::string& owner, const SessionSnapshot& snapshot,
-                        const std::vector<ChatMessage>& transcript, const std::string& source);
+  // The snapshot carries the session's transcript. Quota and disk failures throw ApiError
+  // (429 for quotas).
+  CheckpointInfo create(const std::string& owner, const SessionSnapshot& snapshot, const std::string& source);
   // The bytes of a state file from elsewhere, verified exactly as a file on disk is (every
   // checksum, the model, the options); ApiError 400 when it is not usable here.
   CheckpointInfo upload(const std::string& owner, std::string_view bytes);

@@ -127,7 +127,7 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
     check_session_limit();
     if (!checkpoints.find(owner, op.checkpoint_id)) throw not_found(fmt::format("no checkpoint {}", op.checkpoint_id));
     if (!make_room(model.max_state_bytes())) return Outcome::defer_memory;
-    const SessionSnapshot snap = checkpoints.read(owner, op.checkpoint_id);
+    SessionSnapshot snap = checkpoints.read(owner, op.checkpoint_id);
     auto body = std::make_unique<SessionBody>();
     try {
       body->seq = from_snapshot(snap, model, tokenizer);
@@ -135,7 +135,7 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
       throw ApiError(409, fmt::format("checkpoint {} cannot be restored: {}", op.checkpoint_id, e.what()), {},
                      "invalid_checkpoint");
     }
-    body->transcript = checkpoints.find(owner, op.checkpoint_id)->transcript;
+    body->transcript = std::move(snap.transcript);
     ServerSession& s = new_session(owner, std::move(body));
     c.job->push(Done{{}, session_info(s)});
     return Outcome::done;
@@ -186,8 +186,9 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
       break;
     }
     case Kind::checkpoint: {
-      const CheckpointInfo info =
-          checkpoints.create(owner, to_snapshot(b.seq, model, config.prefill_chunk), b.transcript, "session " + s.id);
+      SessionSnapshot snap = to_snapshot(b.seq, model, config.prefill_chunk);
+      snap.transcript = b.transcript;  // travels in the state file, to whichever server restores it
+      const CheckpointInfo info = checkpoints.create(owner, snap, "session " + s.id);
       log.info("checkpoint_created", {{"checkpoint", info.id}, {"session", s.id}, {"bytes", info.bytes}});
       c.job->push(Done{{}, to_json(info)});
       return Outcome::done;

@@ -111,3 +111,40 @@ TEST_CASE("server: checkpoint quotas per key", "[server]") {
   CHECK(c.request("DELETE", "/v1/checkpoints/" + second).status == 200);
   post(c, "/v1/sessions/" + id + "/checkpoint");
 }
+
+TEST_CASE("server: a checkpoint carries the chat transcript to another server and through a restart", "[server]") {
+  TestServer a, b;
+  const auto ca = a.client(), cb = b.client();
+  const std::string id =
+      post(ca, "/v1/sessions", {{"messages", {{{"role", "system"}, {"content", "Be brief. \"Quoted\", ünïcode"}}}}})["id"];
+  generate(ca, id, {{"messages", {{{"role", "user"}, {"content", "Hello\nthere"}}}}});
+  const json transcript = json_of(ca.request("GET", "/v1/sessions/" + id))["transcript"];
+  REQUIRE(transcript.size() == 3);
+  CHECK(transcript[2]["role"] == "assistant");
+
+  const json ckpt = post(ca, "/v1/sessions/" + id + "/checkpoint");
+  CHECK(ckpt["messages"] == 3);
+  const auto file = ca.request("GET", "/v1/checkpoints/" + ckpt["id"].get<std::string>());
+  REQUIRE(file.status == 200);
+  const json uploaded = json_of(cb.request("POST", "/v1/checkpoints", file.body, "application/octet-stream"));
+  CHECK(uploaded["messages"] == 3);
+  CHECK(json_of(cb.request("GET", "/v1/checkpoints"))["data"][0]["messages"] == 3);
+  const json restored = post(cb, "/v1/sessions/restore", {{"checkpoint_id", uploaded["id"]}});
+  CHECK(restored["transcript"] == transcript);
+  CHECK(restored["position"] == ckpt["position"]);
+
+  // The conversation goes on there as a chat: the restored transcript is a prefix of what an
+  // OpenAI client sends, so only the new message is prefilled.
+  json messages = transcript;
+  messages.push_back({{"role", "user"}, {"content", "And now?"}});
+  const json reply = post(cb, "/v1/chat/completions",
+                          {{"session_id", restored["id"]}, {"messages", messages}, {"max_tokens", 4}});
+  CHECK(reply["usage"]["prompt_tokens_details"]["cached_tokens"] == ckpt["position"]);
+  CHECK(json_of(cb.request("GET", "/v1/sessions/" + restored["id"].get<std::string>()))["transcript"].size() == 5);
+
+  // The transcript lives in the state file, so a restarted server restores it too.
+  const std::string dir = b.state_dir();
+  b.stop();
+  TestServer again(dir, {});
+  CHECK(post(again.client(), "/v1/sessions/restore", {{"checkpoint_id", uploaded["id"]}})["transcript"] == transcript);
+}
