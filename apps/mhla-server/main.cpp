@@ -9,6 +9,7 @@
 namespace {
 
 constexpr const char* kEndpoints = R"(Endpoints (docs/http-api.md has the fields and a curl example for each):
+  GET  /                                            the chat page (docs/chat-page.md): open it in a browser
   POST /v1/completions, POST /v1/chat/completions   OpenAI-compatible; "stream": true for Server-Sent Events
   GET  /v1/models                                   the model, its trained window and context policies
   POST /v1/sessions                                 a stateful session (optional prefix to prefill)

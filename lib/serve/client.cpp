@@ -4,6 +4,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cctype>
 #include <fmt/format.h>
 #include <limits>
 
@@ -42,17 +43,17 @@ HttpClient::HttpClient(std::string host, unsigned short port, std::string api_ke
     : host_(std::move(host)), port_(port), key_(std::move(api_key)), timeout_s_(timeout_s) {}
 
 HttpResult HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
-                               const std::string& content_type) const {
-  return exchange(method, target, body, content_type, [](const SseEvent&) { return true; });
+                               const std::string& content_type, const HttpHeaders& headers) const {
+  return exchange(method, target, body, content_type, headers, [](const SseEvent&) { return true; });
 }
 
 HttpResult HttpClient::stream(const std::string& method, const std::string& target, const std::string& body,
                               const std::function<bool(const SseEvent&)>& on_event) const {
-  return exchange(method, target, body, "application/json", on_event);
+  return exchange(method, target, body, "application/json", {}, on_event);
 }
 
 HttpResult HttpClient::exchange(const std::string& method, const std::string& target, const std::string& body,
-                                const std::string& content_type,
+                                const std::string& content_type, const HttpHeaders& headers,
                                 const std::function<bool(const SseEvent&)>& on_event) const {
   // Blocking calls over asynchronous operations, so every step has a deadline: a server that
   // stops answering fails the call instead of hanging it.
@@ -76,6 +77,7 @@ HttpResult HttpClient::exchange(const std::string& method, const std::string& ta
   req.set(http::field::host, host_);
   if (!key_.empty()) req.set(http::field::authorization, "Bearer " + key_);
   if (!body.empty()) req.set(http::field::content_type, content_type);
+  for (const auto& [name, value] : headers) req.set(name, value);
   req.body() = body;
   req.prepare_payload();
   run([&](auto done) { http::async_write(stream, req, done); });
@@ -89,6 +91,11 @@ HttpResult HttpClient::exchange(const std::string& method, const std::string& ta
   HttpResult r;
   r.status = static_cast<int>(parser.get().result_int());
   r.content_type = std::string(parser.get()[http::field::content_type]);
+  for (const auto& field : parser.get()) {
+    std::string name(field.name_string());
+    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    r.headers[name] = std::string(field.value());
+  }
   const bool events = r.content_type.starts_with("text/event-stream");
   std::string pending;
   size_t seen = 0;

@@ -96,10 +96,12 @@ struct HttpServer::Connection {
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
 
-  net::awaitable<bool> write_body(int status, const std::string& content_type, std::string body, bool keep) {
+  net::awaitable<bool> write_body(int status, const std::string& content_type, std::string body, bool keep,
+                                  std::vector<std::pair<std::string, std::string>> headers = {}) {
     http::response<http::string_body> res{static_cast<http::status>(status), 11};
     res.set(http::field::server, kServerName);
-    res.set(http::field::content_type, content_type);
+    if (!content_type.empty()) res.set(http::field::content_type, content_type);
+    for (const auto& [name, value] : headers) res.set(name, value);
     res.keep_alive(keep);
     res.body() = std::move(body);
     res.prepare_payload();
@@ -280,6 +282,7 @@ struct HttpServer::Connection {
       r.method = std::string(req.method_string());
       r.target = std::string(req.target());
       r.authorization = std::string(req[http::field::authorization]);
+      r.if_none_match = std::string(req[http::field::if_none_match]);
       r.body = std::move(req.body());
       r.arrived = arrived;
       bool keep = req.keep_alive() && !server.closing_.load();
@@ -292,7 +295,9 @@ struct HttpServer::Connection {
       else if (!reply.file.empty())
         keep = co_await write_file(reply.file, keep, status) && keep;
       else
-        keep = co_await write_body(reply.status, reply.content_type, std::move(reply.body), keep) && keep;
+        keep = co_await write_body(reply.status, reply.content_type, std::move(reply.body), keep,
+                                   std::move(reply.headers)) &&
+               keep;
       --server.in_flight_;
 
       server.metrics_.count_request(reply.route, status);

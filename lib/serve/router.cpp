@@ -104,8 +104,8 @@ Reply Router::dispatch(const HttpRequest& req, const std::vector<std::string>& p
     if (m != "GET") throw method_not_allowed(m, "GET");
     return handle_metrics(ctx_);
   }
-  if (path.empty() || path[0] != "v1")
-    throw not_found(fmt::format("no endpoint {} {}; see docs/http-api.md", m, req.target));
+  // Outside /v1 the chat page is public, like /health: it asks for a key when the API needs one.
+  if (path.empty() || path[0] != "v1") return handle_web(req, path, route);
 
   const std::string owner = authenticate(req);
   if (path.size() >= 2 && path[1] == "models") {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "mhla/model.hpp"
@@ -27,6 +28,7 @@ struct HttpRequest {
   std::string target;
   std::string body;
   std::string authorization;  // the Authorization header
+  std::string if_none_match;  // the If-None-Match header (the page's files are revalidated)
   Clock::time_point arrived = Clock::now();
 };
 
@@ -35,6 +37,7 @@ struct Reply {
   std::string content_type = "application/json";
   std::string body;
   std::string file;                     // when set, the file's bytes are the body
+  std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type
   std::shared_ptr<Job> job;             // when set, the body comes from the engine's events
   std::unique_ptr<EventFormat> format;
   bool stream = false;                  // Server-Sent Events
@@ -84,6 +87,8 @@ Reply handle_session(ServerContext& ctx, const HttpRequest& req, const std::stri
                      const std::vector<std::string>& path);
 Reply handle_checkpoint(ServerContext& ctx, const HttpRequest& req, const std::string& owner,
                         const std::vector<std::string>& path);
+// The chat page: / and the files it loads (lib/serve/web); 404 for any other name.
+Reply handle_web(const HttpRequest& req, const std::vector<std::string>& path, std::string& route);
 
 // A reply whose body comes from the engine: submits the command.
 Reply engine_reply(ServerContext& ctx, const HttpRequest& req, const std::string& owner,
