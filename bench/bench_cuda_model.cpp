@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -95,7 +96,12 @@ std::vector<int> ids(size_t n, int vocab) {
 
 }  // namespace
 
-int main() try {
+// An optional argument keeps only the figures whose name contains it (for profiling one);
+// MHLA_BENCH_STEPS sets the decode steps timed (default 128).
+int main(int argc, char** argv) try {
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto wanted = [&](const std::string& figure) { return figure.find(only) != std::string::npos; };
+  const int steps = std::getenv("MHLA_BENCH_STEPS") ? std::atoi(std::getenv("MHLA_BENCH_STEPS")) : 128;
   if (mhla::cuda::device_count() == 0) {
     std::puts("skipped: no GPU");
     return 77;
@@ -125,6 +131,7 @@ int main() try {
 
   // Prefill: the projections and head row are GEMMs over every token (2 FLOPs per weight).
   for (long long N : {2048LL, 8192LL, 32768LL}) {
+    if (!wanted("model prefill N=" + std::to_string(N))) continue;
     const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
     std::vector<float> logits;
     const double ms = median_wall_ms(
@@ -141,6 +148,8 @@ int main() try {
   // Decode: B sequences at context N (one prefilled, the rest forked from it), 128 steps timed
   // so block boundaries come at their natural rate.
   for (long long N : {1024LL, 8192LL, 32768LL, 131072LL}) {
+    if (!wanted("model decode B=1 ctx=" + std::to_string(N)) && !wanted("model decode B=64 ctx=" + std::to_string(N)))
+      continue;
     std::vector<mhla::DeviceSlot> slots;
     slots.emplace_back(*dev);
     {
@@ -149,21 +158,27 @@ int main() try {
       dev->forward({&step, 1});
     }
     for (int B : {1, 64}) {
+      if (!wanted("model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N))) continue;
       while (static_cast<int>(slots.size()) < B) slots.push_back(slots[0]);
       std::vector<std::vector<float>> logits(B);
       std::vector<int> next(B, 7);
       std::vector<mhla::DeviceStep> batch;
       for (int i = 0; i < B; ++i) batch.push_back({slots[i].slot(), {&next[i], 1}, mhla::LogitsMode::last, &logits[i]});
       for (int s = 0; s < 4; ++s) dev->forward(batch);  // warm-up
-      const int steps = 128;
-      const double ms = median_wall_ms(
-                            [&] {
-                              for (int s = 0; s < steps; ++s) dev->forward(batch);
-                            },
-                            0, 1) /
-                        steps;
+      auto time_steps = [&] {
+        return median_wall_ms(
+                   [&] {
+                     for (int s = 0; s < steps; ++s) dev->forward(batch);
+                   },
+                   0, 1) /
+               steps;
+      };
       const double floor_ms = (params * 2.0 + B * state_bytes_per_token) / ceil.bytes_per_s * 1e3;
-      report("model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N), ms, floor_ms, double(B));
+      const std::string name = "model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N);
+      report(name, time_steps(), floor_ms, double(B));
+      // The same steps without logits: what moving them to the host costs.
+      for (auto& st : batch) st.logits = mhla::LogitsMode::none;
+      report(name + " no logits", time_steps(), floor_ms, double(B));
     }
   }
   return 0;

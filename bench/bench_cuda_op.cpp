@@ -79,7 +79,10 @@ double median_wall_ms(F&& f, int warmup, int reps) {
 
 }  // namespace
 
-int main() {
+// An optional argument keeps only the figures whose name contains it (for profiling one).
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto wanted = [&](const std::string& figure) { return figure.find(only) != std::string::npos; };
   if (mhla::cuda::device_count() == 0) {
     std::puts("skipped: no GPU");
     return 77;
@@ -129,6 +132,7 @@ int main() {
   // Prefill: bytes the design must move at least (inputs, outputs, the block summaries written
   // and read twice by the band product, the prefixes written and read) and its matrix FLOPs.
   for (long long N : {2048LL, 8192LL, 32768LL, 131072LL}) {
+    if (!wanted("op prefill N=" + std::to_string(N))) continue;
     mhla::cuda::GpuCausalOperator op(opt, mixing, 1, mhla::cuda::Precision::bf16, 64);
     auto* q = random_bf16(N * L.heads * L.dk, 10);
     auto* k = random_bf16(N * L.kv_heads * L.dk, 11);
@@ -158,6 +162,7 @@ int main() {
   // Decode: B sequences in steady long-context decoding, positions spread over the block so
   // boundary recomputes run at their natural rate; 256 consecutive steps are timed.
   for (int Bn : {1, 32, 256}) {
+    if (!wanted("op decode step B=" + std::to_string(Bn))) continue;
     mhla::cuda::GpuCausalOperator op(opt, mixing, Bn, mhla::cuda::Precision::bf16, 64);
     std::vector<int> slots;
     mhla::CausalOperator cpu(opt, mixing);

@@ -94,6 +94,7 @@ struct GpuCausalOperator::Impl {
   // for tile sums.
   struct PrefillTables {
     DeviceBuffer<char> band, ones, tail_t;  // tail_t: the far-tail weights in the storage type
+    DeviceBuffer<float> tail_w;             // the same in fp32, for the fused output pass
     DeviceBuffer<float> diag;
   };
   std::map<long long, PrefillTables> table_cache;
@@ -103,6 +104,8 @@ struct GpuCausalOperator::Impl {
   // Per-step tables of the decode step, in one pinned buffer copied with one transfer (sized
   // for the whole pool at construction, so its addresses never change).
   PinnedStep step;
+  int multiprocessors = 1;
+  DeviceBuffer<float> split_out;  // partial outputs of a decode step split over rows
 
   Impl(CausalOptions o, MixingWeights w, int max_sequences, Precision p, int tile)
       : opt(std::move(o)), weights(std::move(w)), precision(p), tile_blocks(tile) {
@@ -124,6 +127,8 @@ struct GpuCausalOperator::Impl {
     meta.resize(max_sequences);
     pool.resize(static_cast<size_t>(slot_stride) * max_sequences);
     step.host(StepLayout(max_sequences, capacity + 1).bytes);
+    MHLA_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, 0));
+    split_out.resize(static_cast<size_t>(2 * multiprocessors / L.kv_heads + 1) * L.heads * L.dv);
     std::vector<double> th(std::max(L.dk / 2, 1));
     for (int j = 0; j < L.dk / 2; ++j) th[j] = std::pow(opt.rotary_base, -2.0 * j / L.dk);
     theta.resize(th.size());
@@ -198,6 +203,8 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
   std::vector<T> wt_t(static_cast<size_t>(nt) * TT, Host<T>::from(0.0f));  // whole tiles
   for (size_t i = 0; i < wt.size(); ++i) wt_t[i] = Host<T>::from(wt[i]);
   copy(tab.tail_t, wt_t.data(), wt_t.size() * sizeof(T));
+  tab.tail_w.resize(wt.size());
+  MHLA_CUDA_CHECK(cudaMemcpy(tab.tail_w.data(), wt.data(), wt.size() * sizeof(float), cudaMemcpyHostToDevice));
   return tab;
 }
 
@@ -249,7 +256,9 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   const int tail_tiles = static_cast<int>((last - recent) / TT);
   const bool need_sums = need_tail || tail_tiles > 0;
   if (need_sums) tsum.resize(static_cast<size_t>(nt) * me);
-  if (need_tail) eprev.resize(static_cast<size_t>(nt) * me * sizeof(T));
+  // E per kv head and tile: the summed summaries two tiles back and more.
+  if (need_tail) eprev.resize(static_cast<size_t>(Hkv) * nt * me * sizeof(T));
+  T* Eall = reinterpret_cast<T*>(eprev.data());
   // The output pass: one fused tensor-core kernel for bf16 where it covers the shape, else
   // per-head cuBLAS products (Q P, then the masked triangle).
   IntraBlockArgs ib;
@@ -262,7 +271,8 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
     }
     ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v,
                         rem > 0 ? reinterpret_cast<const T*>(vtail.data()) : v, Pall,
-                        static_cast<long long>(nt) * TT * me, tab.diag.data(), o};
+                        static_cast<long long>(nt) * TT * me, tab.diag.data(), need_tail ? Eall : nullptr, nt,
+                        tab.tail_w.data(), TT, o};
   }
   const bool fused = intra_block_usable(ib);
   if (!fused) scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
@@ -291,14 +301,18 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
                               tsum.data(), me, me, nt};
       gemm(blas, sums, dt, CUDA_R_32F);
     }
+    T* Eg = Eall + static_cast<long long>(g) * nt * me;
     if (need_tail) {
-      // Far blocks (two tiles back and more) enter P as one running sum per tile:
-      // P[i] += w_tail(i) E[t(i)], a rank-one product per tile.
-      tile_prefix_skip_one(tsum.data(), reinterpret_cast<T*>(eprev.data()), nt, me, stream);
-      const RowMajorGemm far{false, false, TT, static_cast<int>(me), 1, reinterpret_cast<const T*>(tab.tail_t.data()) + 2LL * TT, 1, TT,
-                             reinterpret_cast<T*>(eprev.data()) + 2 * me, me, me, Pg + 2LL * TT * me, me, TT * me,
-                             nt - 2, 1.0f, 1.0f};
-      gemm(blas, far, dt, dt);
+      // Far blocks (two tiles back and more) enter as one running sum per tile, E: the fused
+      // output pass adds w_far Q E itself; otherwise P[i] += w_far(i) E[t(i)], a rank-one
+      // product per tile.
+      tile_prefix_skip_one(tsum.data(), Eg, nt, me, stream);
+      if (!fused) {
+        const RowMajorGemm far{false, false, TT, static_cast<int>(me), 1,
+                               reinterpret_cast<const T*>(tab.tail_t.data()) + 2LL * TT, 1, TT, Eg + 2 * me, me, me,
+                               Pg + 2LL * TT * me, me, TT * me, nt - 2, 1.0f, 1.0f};
+        gemm(blas, far, dt, dt);
+      }
     }
 
     for (int h = g * G; h < (g + 1) * G && !fused; ++h) {
@@ -348,6 +362,9 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
     // The final state: P and A of the last block, the newest summaries one by one, the rest in
     // the tail (whole tiles from their sums).
     convert(Pg + last * me, matrix(s, CausalState::kPrefix, g), me, stream);
+    if (fused && need_tail && last / TT >= 2)
+      sum_matrices(Eg + (last / TT) * me, me, 1, me, effective_weight(weights, opt.policy, last, 0),
+                   matrix(s, CausalState::kPrefix, g), true, stream);
     convert(Sb0 + last * me, matrix(s, CausalState::kRunning, g), me, stream);
     // Ring index 0 holds the oldest kept summary: blocks last-recent .. last-1 in order.
     convert_strided(Sb0 + (last - recent) * me, me, matrix(s, CausalState::kFirstRecent, g),
@@ -422,7 +439,7 @@ void GpuCausalOperator::Impl::decode_prepare(std::span<const int> slots) {
         ts[n] = CausalState::kFirstRecent + (m.oldest + m.recent - r) % capacity, tw[n++] = row.by_distance[r - 1];
       ++nc;
     }
-    dg[i] = block_row_weights(weights, opt.policy, m.folded, m.tail).diagonal;
+    dg[i] = static_cast<float>(effective_weight(weights, opt.policy, m.folded, m.folded));
     pos[i] = m.position;
   }
   ints[B] = nc;
@@ -443,7 +460,8 @@ void GpuCausalOperator::Impl::decode_launch(int B, const T* q, const T* k, const
                     close + 3 * B, d_float + B};
   close_blocks(ca, stream);
   DecodeArgs da{B, L.heads, L.kv_heads, L.dk, L.dv, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary,
-                opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float, theta.data()};
+                opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float, theta.data(),
+                decode_splits(B, L.kv_heads, L.dk, multiprocessors), split_out.data()};
   decode_step(q, k, v, o, da, stream);
 }
 

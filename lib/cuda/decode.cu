@@ -10,10 +10,10 @@ namespace mhla::cuda {
 
 namespace {
 
-// Block (sequence, kv head). Thread (x, r) owns 4 adjacent value columns and the rows
-// j = r, r + R, ... of P and A: A += k v^T and o_h += q_h (P + w A) for the G query heads of the
-// group; the R row groups add their sums in shared memory. Splitting rows keeps enough loads in
-// flight when few sequences decode.
+// Block (sequence, kv head, row split). Thread (x, r) owns 4 adjacent value columns and the rows
+// j = r, r + R, ... of its split's rows of P and A: A += k v^T and o_h += q_h (P + w A) for the G
+// query heads of the group; the R row groups add their sums in shared memory. Splitting rows
+// keeps enough loads in flight when few sequences decode.
 template <class T, int G>
 __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, DecodeArgs a) {
   extern __shared__ float sh[];
@@ -36,12 +36,12 @@ __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, Deco
         out[j] = phi(a.feature_map, load(in + j), a.eps) * scale;
         continue;
       }
-      double sn, cs;
-      sincos(static_cast<double>(pos) * a.theta[j], &sn, &cs);
+      float sn, cs;
+      rotary_sincos(static_cast<double>(pos), a.theta[j], &sn, &cs);
       const float x = phi(a.feature_map, load(in + j), a.eps) * scale;
       const float y = phi(a.feature_map, load(in + j + half), a.eps) * scale;
-      out[j] = x * static_cast<float>(cs) - y * static_cast<float>(sn);
-      out[j + half] = y * static_cast<float>(cs) + x * static_cast<float>(sn);
+      out[j] = x * cs - y * sn;
+      out[j + half] = y * cs + x * sn;
     }
   }
   __syncthreads();
@@ -59,8 +59,10 @@ __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, Deco
     const T* vr = v + (static_cast<long long>(b) * a.kv_heads + g) * a.dv + x;
     const float v0 = load(vr), v1 = load(vr + 1), v2 = load(vr + 2), v3 = load(vr + 3);
     const float w = a.diagonal[b];
+    const int chunk = (a.dk + a.splits - 1) / a.splits, first = blockIdx.z * chunk;
+    const int end = first + chunk < a.dk ? first + chunk : a.dk;
 #pragma unroll 4
-    for (int j = r; j < a.dk; j += R) {
+    for (int j = first + r; j < end; j += R) {
       const long long off = static_cast<long long>(j) * a.dv + x;
       const float4 p = *reinterpret_cast<const float4*>(P + off);
       float4 s = *reinterpret_cast<const float4*>(A + off);
@@ -96,8 +98,19 @@ __global__ void decode_kernel(const T* q, const T* k, const T* v, float* o, Deco
       sum.z += e.z;
       sum.w += e.w;
     }
-    *reinterpret_cast<float4*>(o + (static_cast<long long>(b) * a.heads + g * G + h) * a.dv + x) = sum;
+    const long long at = (static_cast<long long>(b) * a.heads + g * G + h) * a.dv + x;
+    float* out = a.splits == 1 ? o : a.partial + static_cast<long long>(blockIdx.z) * a.batch * a.heads * a.dv;
+    *reinterpret_cast<float4*>(out + at) = sum;
   }
+}
+
+// o = the sum of the splits' partial outputs, in split order.
+__global__ void add_splits_kernel(const float* partial, int splits, long long n, float* o) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  float sum = 0.0f;
+  for (int z = 0; z < splits; ++z) sum += partial[z * n + i];
+  o[i] = sum;
 }
 
 // Block (kv head, element tile, sequence group): the closing sequences i = z, z + Z, ...
@@ -136,7 +149,7 @@ void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs&
   unsigned rows = 8;
   auto shared = [&](unsigned R) { return (static_cast<size_t>(a.dk) * (1 + G) + size_t{R} * G * a.dv) * sizeof(float); };
   while (rows > 1 && (columns * rows > 512 || shared(rows) > 48 * 1024 || rows > static_cast<unsigned>(a.dk))) rows /= 2;
-  const dim3 grid(a.batch, a.kv_heads), block(columns, rows);
+  const dim3 grid(a.batch, a.kv_heads, a.splits), block(columns, rows);
   switch (G) {
     case 1: decode_kernel<T, 1><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
     case 2: decode_kernel<T, 2><<<grid, block, shared(rows), s>>>(q, k, v, o, a); break;
@@ -146,6 +159,18 @@ void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs&
       throw Error("the CUDA decode step handles 1, 2, 4 or 8 query heads per key/value head, not " + std::to_string(G));
   }
   MHLA_CUDA_LAUNCHED();
+  if (a.splits > 1) {
+    const long long n = static_cast<long long>(a.batch) * a.heads * a.dv;
+    add_splits_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(a.partial, a.splits, n, o);
+    MHLA_CUDA_LAUNCHED();
+  }
+}
+
+int decode_splits(int batch, int kv_heads, int dk, int multiprocessors) {
+  // Two blocks per multiprocessor, and at least 8 rows per split.
+  const int want = 2 * multiprocessors / (batch * kv_heads);
+  const int most = dk / 8 > 1 ? dk / 8 : 1;
+  return want < 1 ? 1 : (want > most ? most : want);
 }
 
 void close_blocks(const CloseBlockArgs& a, cudaStream_t s) {

@@ -26,13 +26,12 @@ __global__ void features_kernel(const T* in, T* out, FeatureArgs a) {
   }
   const long long row = rh / a.heads;
   const double t = static_cast<double>(a.positions ? a.positions[row] : a.first + row);
-  const double angle = t * a.theta[j];
-  double sn, cs;
-  sincos(angle, &sn, &cs);
+  float sn, cs;
+  rotary_sincos(t, a.theta[j], &sn, &cs);
   const float x = phi(a.feature_map, load(in + base + j), a.eps) * a.scale;
   const float y = phi(a.feature_map, load(in + base + j + half), a.eps) * a.scale;
-  store(out + base + j, x * static_cast<float>(cs) - y * static_cast<float>(sn));
-  store(out + base + j + half, y * static_cast<float>(cs) + x * static_cast<float>(sn));
+  store(out + base + j, x * cs - y * sn);
+  store(out + base + j + half, y * cs + x * sn);
 }
 
 template <class T>

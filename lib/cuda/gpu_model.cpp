@@ -188,8 +188,9 @@ public:
     check(batch);
     std::vector<const DeviceStep*> singles;
     for (const auto& s : batch) {
+      // Every element is written below; resize keeps a vector's memory from step to step.
       if (s.logits != LogitsMode::none)
-        s.logits_out->assign((s.logits == LogitsMode::all ? s.tokens.size() : 1) * static_cast<size_t>(V_), 0.0f);
+        s.logits_out->resize((s.logits == LogitsMode::all ? s.tokens.size() : 1) * static_cast<size_t>(V_));
       if (s.tokens.size() == 1) singles.push_back(&s);
     }
     if (!singles.empty()) decode(singles);

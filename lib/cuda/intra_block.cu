@@ -1,7 +1,10 @@
 // The output of the whole-sequence prefill in one pass on the tensor cores (bf16 inputs, fp32
-// accumulation): per block b and head h, o_b = Q_b P_b + W[b][b] tril(Q_b K_b^T) V_b, written
-// once. The scores of a block stay in shared memory; nothing else is staged.
+// accumulation): per block b and head h,
+//   o_b = Q_b (P_b + w_far(b) E_t(b)) + W[b][b] tril(Q_b K_b^T) V_b,
+// written once. A block's Q, K, scores, and a column slice of P (or E) and V are staged in
+// shared memory with asynchronous 16-byte copies; each warp then owns a few 16 x 16 tiles.
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include <cstdint>
@@ -15,135 +18,201 @@ namespace {
 
 using namespace nvcuda;
 using Bf16 = __nv_bfloat16;
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+using RowA = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major>;
+using RowB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major>;
+using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
 
 constexpr int kWarps = 8;
-constexpr int kMaxFragments = 8;  // 16 x 16 output tiles per warp
-constexpr int kStage = 16 * 16;   // floats a warp stages to write a partial block's tile
+constexpr int kSlice = 128;   // output columns per pass
+constexpr int kPad = 8;       // bf16 elements of padding per shared row (bank spread, 16-byte rows)
+constexpr int kTiles = 4;     // output tiles per warp and pass: (C/16) * (kSlice/16) / kWarps <= 4
 
-__host__ __device__ size_t shared_bytes(int C) {
-  const size_t scores = static_cast<size_t>(C) * C * sizeof(float);
-  const size_t staging = static_cast<size_t>(kWarps) * kStage * sizeof(float);
-  return (scores > staging ? scores : staging) + static_cast<size_t>(C) * (C + 8) * sizeof(Bf16);
+__host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
+
+// Byte offsets of the shared regions.
+struct Layout {
+  size_t q, k, s, v, p, stage, total;
+  __host__ __device__ Layout(int C, int dk) {
+    const size_t qk = align128(static_cast<size_t>(C) * (dk + kPad) * sizeof(Bf16));
+    const size_t v_bytes = static_cast<size_t>(C) * (kSlice + kPad) * sizeof(Bf16);
+    const size_t scores = static_cast<size_t>(C) * (C + 4) * sizeof(float);  // fp32, in the V region
+    q = 0;
+    k = q + qk;
+    s = k + qk;
+    v = s + align128(static_cast<size_t>(C) * (C + kPad) * sizeof(Bf16));
+    p = v + align128(v_bytes > scores ? v_bytes : scores);
+    stage = p + align128(static_cast<size_t>(dk) * (kSlice + kPad) * sizeof(Bf16));
+    total = stage + kWarps * 16 * 16 * sizeof(float);
+  }
+};
+
+// rows x cols (cols a multiple of 8) from global (row stride ld) to shared (row stride lds).
+__device__ void stage_tile(Bf16* dst, int lds, const Bf16* src, long long ld, int rows, int cols) {
+  const int per_row = cols / 8;
+  for (int c = threadIdx.x; c < rows * per_row; c += blockDim.x) {
+    const int r = c / per_row, e = (c % per_row) * 8;
+    __pipeline_memcpy_async(dst + r * lds + e, src + r * ld + e, 16);
+  }
+}
+
+__device__ void wait_staged() {
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  __syncthreads();
 }
 
 __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int b = blockIdx.x, h = blockIdx.y, C = a.C;
+  const int b = blockIdx.x, h = blockIdx.y, C = a.C, dk = a.dk;
   const int g = h / (a.heads / a.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int RT = C / 16;          // row tiles of a block
-  const int per_row = kWarps / RT;  // warps sharing a row tile
-  float* sf = reinterpret_cast<float*>(smem);
-  Bf16* sb = reinterpret_cast<Bf16*>(smem + (shared_bytes(C) - static_cast<size_t>(C) * (C + 8) * sizeof(Bf16)));
-  const int lds = C + 8;
+  const int RT = C / 16;
+  const Layout lay(C, dk);
+  Bf16* qs = reinterpret_cast<Bf16*>(smem + lay.q);
+  Bf16* ks = reinterpret_cast<Bf16*>(smem + lay.k);
+  Bf16* sb = reinterpret_cast<Bf16*>(smem + lay.s);
+  Bf16* vs = reinterpret_cast<Bf16*>(smem + lay.v);
+  float* sf = reinterpret_cast<float*>(smem + lay.v);
+  Bf16* ps = reinterpret_cast<Bf16*>(smem + lay.p);
+  float* stage = reinterpret_cast<float*>(smem + lay.stage) + warp * 256;
+  const int ldq = dk + kPad, lds = C + kPad, ldv = kSlice + kPad, ldf = C + 4;
 
   const long long row0 = static_cast<long long>(b) * C;
-  const long long qld = static_cast<long long>(a.heads) * a.dk, kld = static_cast<long long>(a.kv_heads) * a.dk;
+  const long long qld = static_cast<long long>(a.heads) * dk, kld = static_cast<long long>(a.kv_heads) * dk;
   const long long vld = static_cast<long long>(a.kv_heads) * a.dv, old = static_cast<long long>(a.heads) * a.dv;
   const bool partial = row0 + C > a.tokens;
-  const Bf16* qb = a.q + row0 * qld + static_cast<long long>(h) * a.dk;
-  const Bf16* kb = a.k + row0 * kld + static_cast<long long>(g) * a.dk;
   const Bf16* vb = (partial ? a.v_tail : a.v + row0 * vld) + static_cast<long long>(g) * a.dv;
-  const Bf16* pb = a.p + g * a.p_stride + static_cast<long long>(b) * a.dk * a.dv;
+  const Bf16* pb = a.p + g * a.p_stride + static_cast<long long>(b) * dk * a.dv;
+  const int tile = b / a.tile_blocks;
+  const bool far = a.far && tile >= 2;
+  const Bf16* eb = far ? a.far + (static_cast<long long>(g) * a.far_stride + tile) * dk * a.dv : nullptr;
 
-  // Scores Q K^T, tiles above the diagonal skipped (the mask zeroes them).
+  stage_tile(qs, ldq, a.q + row0 * qld + static_cast<long long>(h) * dk, qld, C, dk);
+  stage_tile(ks, ldq, a.k + row0 * kld + static_cast<long long>(g) * dk, kld, C, dk);
+  wait_staged();
+
+  // Scores Q K^T (tiles above the diagonal are masked away), then masked, weighted, bf16.
   for (int f = warp; f < RT * RT; f += kWarps) {
     const int r = f / RT, c = f % RT;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    if (c > r) continue;
+    Acc acc;
     wmma::fill_fragment(acc, 0.0f);
-    if (c <= r)
-      for (int kk = 0; kk < a.dk; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major> fb;
-        wmma::load_matrix_sync(fa, qb + r * 16 * qld + kk, static_cast<unsigned>(qld));
-        wmma::load_matrix_sync(fb, kb + c * 16 * kld + kk, static_cast<unsigned>(kld));
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-    wmma::store_matrix_sync(sf + r * 16 * C + c * 16, acc, C, wmma::mem_row_major);
+    for (int kk = 0; kk < dk; kk += 16) {
+      RowA fa;
+      ColB fb;
+      wmma::load_matrix_sync(fa, qs + r * 16 * ldq + kk, ldq);
+      wmma::load_matrix_sync(fb, ks + c * 16 * ldq + kk, ldq);
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(sf + r * 16 * ldf + c * 16, acc, ldf, wmma::mem_row_major);
   }
   __syncthreads();
   const float w = a.diag[b];
   for (int i = threadIdx.x; i < C * C; i += blockDim.x) {
     const int r = i / C, c = i % C;
-    sb[r * lds + c] = __float2bfloat16(c > r ? 0.0f : sf[i] * w);
+    sb[r * lds + c] = __float2bfloat16(c > r ? 0.0f : sf[r * ldf + c] * w);
   }
   __syncthreads();
 
-  // This warp's output tiles: row tile rt, column tiles ct0, ct0 + per_row, ...
-  const int rt = warp / per_row, ct0 = warp % per_row, CT = a.dv / 16;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxFragments];
+  const float wfar = far ? a.far_weight[b] : 0.0f;
+  for (int c0 = 0; c0 < a.dv; c0 += kSlice) {
+    const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16, F = RT * CTW;
+    stage_tile(ps, ldv, pb + c0, a.dv, dk, cw);
+    stage_tile(vs, ldv, vb + c0, vld, C, cw);
+    wait_staged();
+    Acc acc[kTiles];
 #pragma unroll
-  for (int j = 0; j < kMaxFragments; ++j) wmma::fill_fragment(acc[j], 0.0f);
-  for (int kk = 0; kk < a.dk; kk += 16) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major> fa;
-    wmma::load_matrix_sync(fa, qb + rt * 16 * qld + kk, static_cast<unsigned>(qld));
+    for (int j = 0; j < kTiles; ++j) wmma::fill_fragment(acc[j], 0.0f);
+    for (int kk = 0; kk < dk; kk += 16)
 #pragma unroll
-    for (int j = 0; j < kMaxFragments; ++j) {
-      const int ct = ct0 + j * per_row;
-      if (ct >= CT) break;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major> fb;
-      wmma::load_matrix_sync(fb, pb + static_cast<long long>(kk) * a.dv + ct * 16, a.dv);
-      wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      for (int j = 0; j < kTiles; ++j) {
+        const int f = warp + j * kWarps;
+        if (f >= F) break;
+        RowA fa;
+        RowB fb;
+        wmma::load_matrix_sync(fa, qs + (f / CTW) * 16 * ldq + kk, ldq);
+        wmma::load_matrix_sync(fb, ps + kk * ldv + (f % CTW) * 16, ldv);
+        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      }
+    for (int kk = 0; kk < RT; ++kk)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int f = warp + j * kWarps;
+        if (f >= F) break;
+        if (f / CTW < kk) continue;  // score tiles right of the diagonal are zero
+        RowA fa;
+        RowB fb;
+        wmma::load_matrix_sync(fa, sb + (f / CTW) * 16 * lds + kk * 16, lds);
+        wmma::load_matrix_sync(fb, vs + kk * 16 * ldv + (f % CTW) * 16, ldv);
+        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      }
+    if (far) {
+      // The far blocks' summed summaries: o += w_far Q E, with E's slice where P's was.
+      __syncthreads();
+      stage_tile(ps, ldv, eb + c0, a.dv, dk, cw);
+      wait_staged();
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int f = warp + j * kWarps;
+        if (f >= F) break;
+        Acc e;
+        wmma::fill_fragment(e, 0.0f);
+        for (int kk = 0; kk < dk; kk += 16) {
+          RowA fa;
+          RowB fb;
+          wmma::load_matrix_sync(fa, qs + (f / CTW) * 16 * ldq + kk, ldq);
+          wmma::load_matrix_sync(fb, ps + kk * ldv + (f % CTW) * 16, ldv);
+          wmma::mma_sync(e, fa, fb, e);
+        }
+        for (int i = 0; i < e.num_elements; ++i) acc[j].x[i] += wfar * e.x[i];
+      }
     }
-  }
-  for (int kk = 0; kk <= rt * 16; kk += 16) {  // score columns past the diagonal tile are zero
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major> fa;
-    wmma::load_matrix_sync(fa, sb + rt * 16 * lds + kk, lds);
 #pragma unroll
-    for (int j = 0; j < kMaxFragments; ++j) {
-      const int ct = ct0 + j * per_row;
-      if (ct >= CT) break;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major> fb;
-      wmma::load_matrix_sync(fb, vb + kk * vld + ct * 16, static_cast<unsigned>(vld));
-      wmma::mma_sync(acc[j], fa, fb, acc[j]);
+    for (int j = 0; j < kTiles; ++j) {
+      const int f = warp + j * kWarps;
+      if (f >= F) break;
+      const int rt = f / CTW, ct = f % CTW;
+      float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv + c0 + ct * 16;
+      if (!partial) {
+        wmma::store_matrix_sync(ob, acc[j], static_cast<unsigned>(old), wmma::mem_row_major);
+        continue;
+      }
+      // The last block holds fewer than C tokens: rows past the end are not written.
+      const long long valid = a.tokens - row0 - rt * 16;
+      wmma::store_matrix_sync(stage, acc[j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32)
+        if (e / 16 < valid) ob[(e / 16) * old + e % 16] = stage[e];
+      __syncwarp();
     }
-  }
-
-  float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv;
-  if (!partial) {
-#pragma unroll
-    for (int j = 0; j < kMaxFragments; ++j) {
-      const int ct = ct0 + j * per_row;
-      if (ct >= CT) break;
-      wmma::store_matrix_sync(ob + ct * 16, acc[j], static_cast<unsigned>(old), wmma::mem_row_major);
-    }
-    return;
-  }
-  // The last block holds fewer than C tokens: its rows past the end are not written.
-  __syncthreads();  // the scores area becomes staging
-  float* stage = sf + warp * kStage;
-  const long long valid = a.tokens - row0 - rt * 16;
-#pragma unroll
-  for (int j = 0; j < kMaxFragments; ++j) {
-    const int ct = ct0 + j * per_row;
-    if (ct >= CT) break;
-    wmma::store_matrix_sync(stage, acc[j], 16, wmma::mem_row_major);
-    __syncwarp();
-    for (int e = lane; e < kStage; e += 32)
-      if (e / 16 < valid) ob[(e / 16) * old + ct * 16 + e % 16] = stage[e];
-    __syncwarp();
+    __syncthreads();  // the next slice overwrites P's and V's staging
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 32 == 0; }
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+bool aligned32(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 32 == 0; }
+
+constexpr size_t kMaxShared = 227 * 1024;
 
 }  // namespace
 
 bool intra_block_supported(int C, int dk, int dv) {
   if (C != 16 && C != 32 && C != 64) return false;
-  if (dk % 16 != 0 || dv % 16 != 0) return false;
-  const int per_row = kWarps / (C / 16);
-  return (dv / 16 + per_row - 1) / per_row <= kMaxFragments;
+  if (dk % 16 != 0 || dv % 16 != 0 || dk <= 0 || dv <= 0) return false;
+  return Layout(C, dk).total <= kMaxShared;
 }
 
 bool intra_block_usable(const IntraBlockArgs& a) {
-  return intra_block_supported(a.C, a.dk, a.dv) && aligned(a.q) && aligned(a.k) && aligned(a.v) && aligned(a.v_tail) &&
-         aligned(a.p) && aligned(a.o) && (a.p_stride * static_cast<long long>(sizeof(Bf16))) % 32 == 0;
+  return intra_block_supported(a.C, a.dk, a.dv) && aligned16(a.q) && aligned16(a.k) && aligned16(a.v) &&
+         aligned16(a.v_tail) && aligned16(a.p) && (!a.far || aligned16(a.far)) && aligned32(a.o);
 }
 
 void intra_block(const IntraBlockArgs& a, cudaStream_t s) {
   if (a.blocks == 0) return;
-  const size_t shared = shared_bytes(a.C);
+  const size_t shared = Layout(a.C, a.dk).total;
+  MHLA_CUDA_CHECK(cudaFuncSetAttribute(intra_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(shared)));
   const dim3 grid(static_cast<unsigned>(a.blocks), static_cast<unsigned>(a.heads));
   intra_block_kernel<<<grid, kWarps * 32, shared, s>>>(a);
   MHLA_CUDA_LAUNCHED();

@@ -48,7 +48,8 @@ void sum_matrices(const T* in, long long stride, int count, long long width, flo
                   bool accumulate, cudaStream_t s);
 
 // The prefill's output in one tensor-core pass (bf16): for every block b and head h,
-// o_b = Q_b P_b + diag[b] tril(Q_b K_b^T) V_b, written once in fp32.
+// o_b = Q_b (P_b + far_weight[b] E_t) + diag[b] tril(Q_b K_b^T) V_b, written once in fp32, where
+// E_t is the sum of the summaries two tiles back and more (t = b / tile_blocks >= 2).
 struct IntraBlockArgs {
   long long tokens = 0;  // T
   int blocks = 0;        // ceil(T / C)
@@ -60,11 +61,15 @@ struct IntraBlockArgs {
   const __nv_bfloat16* p = nullptr;       // mixed prefixes: kv head g's block b at p + g*p_stride + b*dk*dv
   long long p_stride = 0;
   const float* diag = nullptr;            // [blocks]: W[b][b]
+  const __nv_bfloat16* far = nullptr;     // kv head g's E_t at far + (g*far_stride + t)*dk*dv; null: none
+  long long far_stride = 0;               // tiles per kv head
+  const float* far_weight = nullptr;      // [blocks]
+  int tile_blocks = 1;
   float* o = nullptr;                     // [T][H][dv]
 };
-// Shapes the kernel covers: C in {16, 32, 64}, dk and dv multiples of 16, dv*C <= 16384.
+// Shapes the kernel covers: C in {16, 32, 64}, dk and dv multiples of 16, within shared memory.
 bool intra_block_supported(int C, int dk, int dv);
-// ... and pointers aligned for the tensor-core loads (32 bytes).
+// ... and pointers aligned for the 16-byte copies and the fp32 tile stores (32 bytes).
 bool intra_block_usable(const IntraBlockArgs& a);
 void intra_block(const IntraBlockArgs& a, cudaStream_t s);
 
@@ -80,7 +85,14 @@ struct DecodeArgs {
   const long long* positions = nullptr;  // [batch]: the token's position
   const float* diagonal = nullptr;       // [batch]: W[i][i] of its block
   const double* theta = nullptr;         // [dk/2] rotary frequencies
+  // Few sequences leave most of the GPU idle: their rows of P and A are then split over `splits`
+  // blocks, whose partial outputs ([splits][batch][heads][dv]) are added in order afterwards.
+  int splits = 1;
+  float* partial = nullptr;
 };
+// The row splits for `batch` sequences on `multiprocessors` SMs: about two blocks per SM, at
+// least 8 rows each; splits * batch <= 2 * multiprocessors / kv_heads whenever splits > 1.
+int decode_splits(int batch, int kv_heads, int dk, int multiprocessors);
 // One token per sequence: A += k v^T, o = q (P + w A), in one pass over P and A.
 template <class T>
 void decode_step(const T* q, const T* k, const T* v, float* o, const DecodeArgs& a, cudaStream_t s);
