@@ -10,28 +10,34 @@ namespace mhla::cuda {
 
 namespace {
 
-// One thread per rotary pair (j, j + d/2) of one row and head.
+// Block (rows blockDim.y at a time); thread x takes the rotary pairs (j, j + d/2) for j = x,
+// x + blockDim.x, ... of every head of its row: the angle's sine and cosine are computed once
+// per row and pair, and no index needs a 64-bit division.
 template <class T>
 __global__ void features_kernel(const T* in, T* out, FeatureArgs a) {
+  const long long row = blockIdx.x * static_cast<long long>(blockDim.y) + threadIdx.y;
+  if (row >= a.rows) return;
   const int half = a.rotary ? a.d / 2 : a.d;
-  const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  const long long total = a.rows * a.heads * half;
-  if (idx >= total) return;
-  const int j = static_cast<int>(idx % half);
-  const long long rh = idx / half;  // row * heads + head
-  const long long base = rh * a.d;
-  if (!a.rotary) {
-    store(out + base + j, phi(a.feature_map, load(in + base + j), a.eps) * a.scale);
-    return;
-  }
-  const long long row = rh / a.heads;
+  const long long base = row * a.heads * a.d;
   const double t = static_cast<double>(a.positions ? a.positions[row] : a.first + row);
-  float sn, cs;
-  rotary_sincos(t, a.theta[j], &sn, &cs);
-  const float x = phi(a.feature_map, load(in + base + j), a.eps) * a.scale;
-  const float y = phi(a.feature_map, load(in + base + j + half), a.eps) * a.scale;
-  store(out + base + j, x * cs - y * sn);
-  store(out + base + j + half, y * cs + x * sn);
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    if (!a.rotary) {
+      for (int h = 0; h < a.heads; ++h) {
+        const long long at = base + static_cast<long long>(h) * a.d + j;
+        store(out + at, phi(a.feature_map, load(in + at), a.eps) * a.scale);
+      }
+      continue;
+    }
+    float sn, cs;
+    rotary_sincos(t, a.theta[j], &sn, &cs);
+    for (int h = 0; h < a.heads; ++h) {
+      const long long at = base + static_cast<long long>(h) * a.d + j;
+      const float x = phi(a.feature_map, load(in + at), a.eps) * a.scale;
+      const float y = phi(a.feature_map, load(in + at + half), a.eps) * a.scale;
+      store(out + at, x * cs - y * sn);
+      store(out + at + half, y * cs + x * sn);
+    }
+  }
 }
 
 template <class T>
@@ -84,9 +90,10 @@ unsigned blocks_for(long long n) { return static_cast<unsigned>((n + kThreads - 
 
 template <class T>
 void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s) {
-  const long long n = a.rows * a.heads * (a.rotary ? a.d / 2 : a.d);
-  if (n == 0) return;
-  features_kernel<<<blocks_for(n), kThreads, 0, s>>>(in, out, a);
+  if (a.rows == 0 || a.heads == 0 || a.d == 0) return;
+  const int half = a.rotary ? a.d / 2 : a.d;
+  const unsigned x = half >= 128 ? 128u : static_cast<unsigned>((half + 31) / 32 * 32), y = kThreads / x;
+  features_kernel<<<static_cast<unsigned>((a.rows + y - 1) / y), dim3(x, y), 0, s>>>(in, out, a);
   MHLA_CUDA_LAUNCHED();
 }
 

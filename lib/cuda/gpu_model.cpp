@@ -16,6 +16,7 @@
 #include "cuda/check.hpp"
 #include "cuda/gemm.hpp"
 #include "cuda/model_kernels.cuh"
+#include "cuda/small_batch.cuh"
 #include "mhla/cuda.hpp"
 #include "mhla/error.hpp"
 #include "model/model_impl.hpp"
@@ -257,19 +258,54 @@ private:
   }
 
   // The layer stack over n rows whose tokens are in s.tokens; `attend` runs the operator,
-  // reading s.q, s.k, s.v and writing s.o.
+  // reading s.q, s.k, s.v and writing s.o. A few rows (decode of a small batch) take the fused
+  // matrix-vector kernels; more take cuBLAS products and the row kernels.
   template <class Attend>
   void layers_forward(Scratch& s, long long n, Attend&& attend) {
     const auto& c = m_.config;
     const auto hl = c.layout();
+    const bool small = few_rows(n);
     embed_rows(s.tokens.data(), embeddings_.data(), n, D_, s.x.data(), stream_);
     for (auto& l : layers_) {
-      rms_norm_rows(s.x.data(), D_, l.attn_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
-      linear(s.h.data(), n, D_, l.qkvg.data(), pw_, s.proj.data(), type(), false);
-      split_qkv(s.proj.data(), n, pw_, qw_, kw_, vw_, s.q.data(), s.k.data(), s.v.data(), stream_);
+      const T* g = nullptr;
+      long long g_stride = 0;
+      if (small) {
+        SmallBatchArgs<T> qkvg = gemv_args(l.qkvg.data(), pw_, D_, n);
+        qkvg.x = s.x.data();
+        qkvg.norm_weight = l.attn_norm.data();
+        qkvg.epilogue = SmallBatchEpilogue::split;
+        qkvg.n0 = qw_, qkvg.n1 = qw_ + kw_, qkvg.n2 = qw_ + kw_ + vw_;
+        qkvg.out0 = s.q.data(), qkvg.out1 = s.k.data(), qkvg.out2 = s.v.data();
+        qkvg.out3 = c.use_output_gate ? s.proj.data() : nullptr;  // the gate, dense [n][H*dv]
+        small_batch_gemv(qkvg, stream_);
+        if (c.use_output_gate) g = s.proj.data(), g_stride = ow_;
+      } else {
+        rms_norm_rows(s.x.data(), D_, l.attn_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
+        linear(s.h.data(), n, D_, l.qkvg.data(), pw_, s.proj.data(), type(), false);
+        split_qkv(s.proj.data(), n, pw_, qw_, kw_, vw_, s.q.data(), s.k.data(), s.v.data(), stream_);
+        if (c.use_output_gate) g = s.proj.data() + qw_ + kw_ + vw_, g_stride = pw_;
+      }
       attend(l.op);
-      const T* g = c.use_output_gate ? s.proj.data() + qw_ + kw_ + vw_ : nullptr;
-      gated_head_norm(s.o.data(), g, pw_, l.gate_norm.data(), n, hl.heads, hl.dv, c.norm_eps, s.on.data(), stream_);
+      gated_head_norm(s.o.data(), g, g_stride, l.gate_norm.data(), n, hl.heads, hl.dv, c.norm_eps, s.on.data(), stream_);
+      if (small) {
+        SmallBatchArgs<T> out = gemv_args(l.o_proj.data(), D_, ow_, n);
+        out.in = s.on.data();
+        out.epilogue = SmallBatchEpilogue::add_f32;
+        out.out_f32 = s.x.data();
+        small_batch_gemv(out, stream_);
+        SmallBatchArgs<T> up = gemv_args(l.gate_up.data(), 2 * I_, D_, n);
+        up.x = s.x.data();
+        up.norm_weight = l.mlp_norm.data();
+        up.epilogue = SmallBatchEpilogue::swiglu;
+        up.out_t = s.act.data();
+        small_batch_gemv(up, stream_);
+        SmallBatchArgs<T> down = gemv_args(l.down.data(), D_, I_, n);
+        down.in = s.act.data();
+        down.epilogue = SmallBatchEpilogue::add_f32;
+        down.out_f32 = s.x.data();
+        small_batch_gemv(down, stream_);
+        continue;
+      }
       linear(s.on.data(), n, ow_, l.o_proj.data(), D_, s.x.data(), CUDA_R_32F, true);
       rms_norm_rows(s.x.data(), D_, l.mlp_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
       linear(s.h.data(), n, D_, l.gate_up.data(), 2 * I_, s.gu.data(), type(), false);
@@ -278,9 +314,33 @@ private:
     }
   }
 
+  // The fused matrix-vector path: a few rows, every inner size it meets supported.
+  bool few_rows(long long n) const {
+    return n <= kSmallBatchMax && small_batch_supported<T>(static_cast<int>(n), D_) &&
+           small_batch_supported<T>(static_cast<int>(n), ow_) && small_batch_supported<T>(static_cast<int>(n), I_);
+  }
+  SmallBatchArgs<T> gemv_args(const T* w, int out, int in, long long n) const {
+    SmallBatchArgs<T> a;
+    a.batch = static_cast<int>(n);
+    a.n = out;
+    a.k = in;
+    a.w = w;
+    a.eps = m_.config.norm_eps;
+    return a;
+  }
+
   // Logits of `rows` rows of s.x from row `first`, into s.logits on the device.
   void head(Scratch& s, long long first, long long rows) {
     const T* w = lm_head_.size() ? lm_head_.data() : embeddings_.data();
+    if (first == 0 && few_rows(rows)) {
+      SmallBatchArgs<T> h = gemv_args(w, V_, D_, rows);
+      h.x = s.x.data();
+      h.norm_weight = final_norm_.data();
+      h.epilogue = SmallBatchEpilogue::store_f32;
+      h.out_f32 = s.logits.data();
+      small_batch_gemv(h, stream_);
+      return;
+    }
     rms_norm_rows(s.x.data() + first * D_, D_, final_norm_.data(), rows, D_, m_.config.norm_eps, s.h.data(), stream_);
     linear(s.h.data(), rows, D_, w, V_, s.logits.data(), CUDA_R_32F, false);
   }

@@ -26,7 +26,7 @@ using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
 constexpr int kWarps = 8;
 constexpr int kSlice = 128;   // output columns per pass
 constexpr int kPad = 8;       // bf16 elements of padding per shared row (bank spread, 16-byte rows)
-constexpr int kTiles = 4;     // output tiles per warp and pass: (C/16) * (kSlice/16) / kWarps <= 4
+constexpr int kTiles = 4;     // output tiles per warp and slice (2 x 2, or 1 x 4 when C = 16)
 
 __host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
 
@@ -62,7 +62,10 @@ __device__ void wait_staged() {
   __syncthreads();
 }
 
+// TR: rows of output tiles per warp block (2, or 1 when C = 16); TC = kTiles / TR columns.
+template <int TR>
 __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs a) {
+  constexpr int TC = kTiles / TR;
   extern __shared__ __align__(128) unsigned char smem[];
   const int b = blockIdx.x, h = blockIdx.y, C = a.C, dk = a.dk;
   const int g = h / (a.heads / a.kv_heads);
@@ -115,77 +118,83 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   }
   __syncthreads();
 
+  // Each warp owns a block of TR x TC output tiles of a slice: A fragments are reused across its
+  // columns and B fragments across its rows.
   const float wfar = far ? a.far_weight[b] : 0.0f;
   for (int c0 = 0; c0 < a.dv; c0 += kSlice) {
-    const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16, F = RT * CTW;
+    const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16;
+    const int col_blocks = (CTW + TC - 1) / TC, blocks = (RT / TR) * col_blocks;
     stage_tile(ps, ldv, pb + c0, a.dv, dk, cw);
     stage_tile(vs, ldv, vb + c0, vld, C, cw);
     wait_staged();
+    // One block per warp in the shapes that matter (C = 64, 128-column slices); more if fewer warps.
     Acc acc[kTiles];
+    int rt0 = 0, ct0 = 0;
+    const bool busy = warp < blocks;
+    if (busy) {
+      rt0 = (warp / col_blocks) * TR;
+      ct0 = (warp % col_blocks) * TC;
+    }
+    auto product = [&](const Bf16* as, int lda, const Bf16* bs, int ldb, int k_tiles, float a_scale, bool triangle) {
+      for (int kk = 0; kk < k_tiles; ++kk) {
+        RowA fa[TR];
+        RowB fb[TC];
+#pragma unroll
+        for (int i = 0; i < TR; ++i) {
+          wmma::load_matrix_sync(fa[i], as + (rt0 + i) * 16 * lda + kk * 16, lda);
+          if (a_scale != 1.0f)
+            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = __float2bfloat16(__bfloat162float(fa[i].x[e]) * a_scale);
+        }
+#pragma unroll
+        for (int j = 0; j < TC; ++j) {
+          if (ct0 + j >= CTW) break;
+          wmma::load_matrix_sync(fb[j], bs + kk * 16 * ldb + (ct0 + j) * 16, ldb);
+        }
+#pragma unroll
+        for (int i = 0; i < TR; ++i) {
+          if (triangle && rt0 + i < kk) continue;  // score tiles right of the diagonal are zero
+#pragma unroll
+          for (int j = 0; j < TC; ++j) {
+            if (ct0 + j >= CTW) break;
+            wmma::mma_sync(acc[i * TC + j], fa[i], fb[j], acc[i * TC + j]);
+          }
+        }
+      }
+    };
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) wmma::fill_fragment(acc[j], 0.0f);
-    for (int kk = 0; kk < dk; kk += 16)
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        const int f = warp + j * kWarps;
-        if (f >= F) break;
-        RowA fa;
-        RowB fb;
-        wmma::load_matrix_sync(fa, qs + (f / CTW) * 16 * ldq + kk, ldq);
-        wmma::load_matrix_sync(fb, ps + kk * ldv + (f % CTW) * 16, ldv);
-        wmma::mma_sync(acc[j], fa, fb, acc[j]);
-      }
-    for (int kk = 0; kk < RT; ++kk)
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        const int f = warp + j * kWarps;
-        if (f >= F) break;
-        if (f / CTW < kk) continue;  // score tiles right of the diagonal are zero
-        RowA fa;
-        RowB fb;
-        wmma::load_matrix_sync(fa, sb + (f / CTW) * 16 * lds + kk * 16, lds);
-        wmma::load_matrix_sync(fb, vs + kk * 16 * ldv + (f % CTW) * 16, ldv);
-        wmma::mma_sync(acc[j], fa, fb, acc[j]);
-      }
+    if (busy) {
+      product(qs, ldq, ps, ldv, dk / 16, 1.0f, false);
+      product(sb, lds, vs, ldv, rt0 + TR, 1.0f, true);
+    }
     if (far) {
-      // The far blocks' summed summaries: o += w_far Q E, with E's slice where P's was.
+      // The far blocks' summed summaries: o += (w_far Q) E, with E's slice where P's was.
       __syncthreads();
       stage_tile(ps, ldv, eb + c0, a.dv, dk, cw);
       wait_staged();
+      if (busy) product(qs, ldq, ps, ldv, dk / 16, wfar, false);
+    }
+    if (busy)
 #pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        const int f = warp + j * kWarps;
-        if (f >= F) break;
-        Acc e;
-        wmma::fill_fragment(e, 0.0f);
-        for (int kk = 0; kk < dk; kk += 16) {
-          RowA fa;
-          RowB fb;
-          wmma::load_matrix_sync(fa, qs + (f / CTW) * 16 * ldq + kk, ldq);
-          wmma::load_matrix_sync(fb, ps + kk * ldv + (f % CTW) * 16, ldv);
-          wmma::mma_sync(e, fa, fb, e);
+      for (int i = 0; i < TR; ++i)
+#pragma unroll
+        for (int j = 0; j < TC; ++j) {
+          if (ct0 + j >= CTW) break;
+          const int rt = rt0 + i, ct = ct0 + j;
+          const Acc& r = acc[i * TC + j];
+          float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv + c0 + ct * 16;
+          if (!partial) {
+            wmma::store_matrix_sync(ob, r, static_cast<unsigned>(old), wmma::mem_row_major);
+            continue;
+          }
+          // The last block holds fewer than C tokens: rows past the end are not written.
+          const long long valid = a.tokens - row0 - rt * 16;
+          wmma::store_matrix_sync(stage, r, 16, wmma::mem_row_major);
+          __syncwarp();
+          for (int e = lane; e < 256; e += 32)
+            if (e / 16 < valid) ob[(e / 16) * old + e % 16] = stage[e];
+          __syncwarp();
         }
-        for (int i = 0; i < e.num_elements; ++i) acc[j].x[i] += wfar * e.x[i];
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) {
-      const int f = warp + j * kWarps;
-      if (f >= F) break;
-      const int rt = f / CTW, ct = f % CTW;
-      float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv + c0 + ct * 16;
-      if (!partial) {
-        wmma::store_matrix_sync(ob, acc[j], static_cast<unsigned>(old), wmma::mem_row_major);
-        continue;
-      }
-      // The last block holds fewer than C tokens: rows past the end are not written.
-      const long long valid = a.tokens - row0 - rt * 16;
-      wmma::store_matrix_sync(stage, acc[j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32)
-        if (e / 16 < valid) ob[(e / 16) * old + e % 16] = stage[e];
-      __syncwarp();
-    }
     __syncthreads();  // the next slice overwrites P's and V's staging
   }
 }
@@ -211,10 +220,15 @@ bool intra_block_usable(const IntraBlockArgs& a) {
 void intra_block(const IntraBlockArgs& a, cudaStream_t s) {
   if (a.blocks == 0) return;
   const size_t shared = Layout(a.C, a.dk).total;
-  MHLA_CUDA_CHECK(cudaFuncSetAttribute(intra_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(shared)));
   const dim3 grid(static_cast<unsigned>(a.blocks), static_cast<unsigned>(a.heads));
-  intra_block_kernel<<<grid, kWarps * 32, shared, s>>>(a);
+  auto launch = [&](auto kernel) {
+    MHLA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+    kernel<<<grid, kWarps * 32, shared, s>>>(a);
+  };
+  if (a.C >= 32)
+    launch(intra_block_kernel<2>);
+  else
+    launch(intra_block_kernel<1>);
   MHLA_CUDA_LAUNCHED();
 }
 
