@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_ceilings.hpp"
 #include "mhla/cuda.hpp"
 #include "mhla/device.hpp"
 #include "mhla/error.hpp"
@@ -22,22 +23,7 @@
 
 namespace {
 
-double median(std::vector<double> t) {
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-template <class F>
-double median_wall_ms(F&& f, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(t);
-}
+using mhla::bench::median_wall_ms;
 
 void report(const std::string& what, double ms, double floor_ms, double tokens) {
   const double rate = tokens / (ms * 1e-3);
@@ -45,47 +31,6 @@ void report(const std::string& what, double ms, double floor_ms, double tokens) 
               floor_ms, tokens / (floor_ms * 1e-3), ms / floor_ms);
   std::printf("JSON {\"figure\":\"%s\",\"ms\":%.6f,\"tokens_per_s\":%.1f,\"floor_ms\":%.6f}\n", what.c_str(), ms, rate,
               floor_ms);
-}
-
-struct Ceilings {
-  double bytes_per_s = 0;  // read + written
-  double flops = 0;        // bf16 GEMM
-};
-
-Ceilings measure_ceilings() {
-  Ceilings c;
-  const size_t bytes = size_t{2} << 30;
-  char *a = nullptr, *b = nullptr;
-  mhla::cuda::device_count();
-  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess)
-    throw mhla::Error("cannot allocate the copy buffers");
-  cudaMemset(a, 1, bytes);
-  const double copy_ms = median_wall_ms(
-      [&] {
-        cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-        cudaDeviceSynchronize();
-      },
-      2, 7);
-  c.bytes_per_s = 2.0 * bytes / (copy_ms * 1e-3);
-  cublasHandle_t blas;
-  cublasCreate(&blas);
-  const int n = 8192;
-  const float one = 1, zero = 0;
-  auto* A = reinterpret_cast<__nv_bfloat16*>(a);
-  auto* B = A + size_t{n} * n;
-  auto* C = reinterpret_cast<__nv_bfloat16*>(b);
-  const double gemm_ms = median_wall_ms(
-      [&] {
-        cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF, n, &zero, C,
-                     CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        cudaDeviceSynchronize();
-      },
-      2, 7);
-  c.flops = 2.0 * n * n * double(n) / (gemm_ms * 1e-3);
-  cublasDestroy(blas);
-  cudaFree(a);
-  cudaFree(b);
-  return c;
 }
 
 std::vector<int> ids(size_t n, int vocab) {
@@ -107,7 +52,7 @@ int main(int argc, char** argv) try {
     return 77;
   }
   std::printf("device: %s\n", mhla::cuda::device_name(0).c_str());
-  const Ceilings ceil = measure_ceilings();
+  const mhla::bench::Ceilings ceil = mhla::bench::measure_ceilings();
   std::printf("ceilings: copy %.2f TB/s (read+write), bf16 GEMM %.1f TFLOP/s\n", ceil.bytes_per_s / 1e12,
               ceil.flops / 1e12);
 

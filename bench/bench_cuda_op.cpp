@@ -1,5 +1,5 @@
 // The CUDA operator's prefill and decode step on the MHLA-340M head layout (4 heads, dk 128,
-// dv 256, C 64, L 32, slide_mean), timed with CUDA events after warm-up (medians of repeats),
+// dv 256, C 64, L 32, slide_mean), wall time with a final synchronize after warm-up (medians of repeats),
 // beside the device's measured ceilings: a device-to-device copy (bytes read + written per
 // second) and a large bf16 matrix product. Prints a table and one JSON line per figure.
 #include <cublas_v2.h>
@@ -9,53 +9,19 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cuda_ceilings.hpp"
 #include "mhla/cuda.hpp"
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
-template <class F>
-double median_ms(F&& f, int warmup, int reps) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a);
-    f();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-__nv_bfloat16* random_bf16(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<__nv_bfloat16> h(n);
-  for (auto& x : h) x = __float2bfloat16(u(rng));
-  __nv_bfloat16* d = nullptr;
-  check(cudaMalloc(&d, n * sizeof(__nv_bfloat16)), "cudaMalloc");
-  check(cudaMemcpy(d, h.data(), n * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "cudaMemcpy");
-  return d;
-}
+using mhla::bench::check;
+using mhla::bench::median_wall_ms;
+using mhla::bench::random_bf16;
 
 void report(const std::string& what, double ms, double floor_ms, const std::string& extra = "") {
   std::printf("%-34s %10.4f ms   floor %8.4f ms   x_floor %6.2f %s\n", what.c_str(), ms, floor_ms, ms / floor_ms,
@@ -63,24 +29,10 @@ void report(const std::string& what, double ms, double floor_ms, const std::stri
   std::printf("JSON {\"figure\":\"%s\",\"ms\":%.6f,\"floor_ms\":%.6f}\n", what.c_str(), ms, floor_ms);
 }
 
-// Wall time of f() plus a device synchronization: what a caller waits for, launches included.
-template <class F>
-double median_wall_ms(F&& f, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 }  // namespace
 
 // An optional argument keeps only the figures whose name contains it (for profiling one).
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   const std::string only = argc > 1 ? argv[1] : "";
   auto wanted = [&](const std::string& figure) { return figure.find(only) != std::string::npos; };
   if (mhla::cuda::device_count() == 0) {
@@ -89,36 +41,11 @@ int main(int argc, char** argv) {
   }
   std::printf("device: %s\n", mhla::cuda::device_name(0).c_str());
 
-  // Ceilings.
-  const size_t copy_bytes = size_t{2} << 30;
-  char *ca = nullptr, *cb = nullptr;
-  check(cudaMalloc(&ca, copy_bytes), "cudaMalloc");
-  check(cudaMalloc(&cb, copy_bytes), "cudaMalloc");
-  cudaMemset(ca, 1, copy_bytes);
-  const double copy_ms = median_ms([&] { cudaMemcpy(cb, ca, copy_bytes, cudaMemcpyDeviceToDevice); }, 3, 10);
-  const double bw = 2.0 * copy_bytes / (copy_ms * 1e-3);  // bytes read + written per second
-  cudaFree(ca);
-  cudaFree(cb);
-  cublasHandle_t blas;
-  cublasCreate(&blas);
-  const int n = 8192;
-  auto* A = random_bf16(size_t{n} * n, 1);
-  auto* B = random_bf16(size_t{n} * n, 2);
-  auto* Cm = random_bf16(size_t{n} * n, 3);
-  const float one = 1, zero = 0;
-  const double gemm_ms = median_ms(
-      [&] {
-        cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF, n, &zero, Cm,
-                     CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-      },
-      3, 10);
-  const double flops = 2.0 * n * n * double(n) / (gemm_ms * 1e-3);
-  cudaFree(A);
-  cudaFree(B);
-  cudaFree(Cm);
-  std::printf("ceilings: copy %.2f TB/s (read+write), bf16 GEMM %.1f TFLOP/s\n", bw / 1e12, flops / 1e12);
+  const mhla::bench::Ceilings ceilings = mhla::bench::measure_ceilings();
+  const double bw = ceilings.bytes_per_s;
+  std::printf("ceilings: copy %.2f TB/s (read+write), bf16 GEMM %.1f TFLOP/s\n", bw / 1e12, ceilings.flops / 1e12);
   std::printf("JSON {\"figure\":\"copy_TBps\",\"value\":%.4f}\nJSON {\"figure\":\"bf16_gemm_TFLOPs\",\"value\":%.2f}\n",
-              bw / 1e12, flops / 1e12);
+              bw / 1e12, ceilings.flops / 1e12);
 
   mhla::CausalOptions opt;
   opt.layout = {4, 4, 128, 256};
@@ -194,4 +121,7 @@ int main(int argc, char** argv) {
     cudaFree(o);
   }
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "mhla_bench_cuda_op: %s\n", e.what());
+  return 1;
 }

@@ -19,6 +19,7 @@ struct PerplexityArgs {
   std::string model, text, policy = "strict";
   long long context = 0;
   long long chunk = 256;
+  DeviceFlags device;
 };
 
 void run_perplexity(const PerplexityArgs& a) {
@@ -33,6 +34,8 @@ void run_perplexity(const PerplexityArgs& a) {
   if (context < 2) throw Error("--context must be at least 2 tokens");
   const auto V = static_cast<size_t>(m.model.config().vocab_size);
   const int bos = m.model.config().bos_token_id;
+  const ContextPolicy policy = parse_policy(a.policy);
+  const auto device = open_device(m.model, a.device, policy);
 
   double nll = 0;
   long long scored = 0, windows = 0;
@@ -41,10 +44,16 @@ void run_perplexity(const PerplexityArgs& a) {
     std::vector<int> window = {bos};
     const size_t n = std::min(ids.size() - at, static_cast<size_t>(context - 1));
     window.insert(window.end(), ids.begin() + static_cast<long>(at), ids.begin() + static_cast<long>(at + n));
-    ModelState state = m.model.new_state(parse_policy(a.policy));
     std::vector<float> logits;
-    const SequenceStep step{&state, window, LogitsMode::all, &logits};
-    m.model.forward({&step, 1}, a.chunk);
+    if (device) {
+      const DeviceSlot slot(*device);
+      const DeviceStep step{slot.slot(), window, LogitsMode::all, &logits};
+      device->forward({&step, 1});
+    } else {
+      ModelState state = m.model.new_state(policy);
+      const SequenceStep step{&state, window, LogitsMode::all, &logits};
+      m.model.forward({&step, 1}, a.chunk);
+    }
     for (size_t t = 0; t + 1 < window.size(); ++t) {
       const float* row = logits.data() + t * V;
       double mx = row[0];
@@ -76,6 +85,7 @@ void add_perplexity_command(CLI::App& app) {
   cmd->add_option("--policy", args->policy, "strict, slide or slide_mean (for windows past the trained one)")
       ->capture_default_str()
       ->check(CLI::IsMember({"strict", "slide", "slide_mean"}));
+  add_device_flags(cmd, args->device);
   cmd->callback([args] { run_perplexity(*args); });
 }
 

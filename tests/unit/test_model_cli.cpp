@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "mhla/device.hpp"
 #include "mhla/safetensors.hpp"
 #include "support/cli.hpp"
 #include "support/reference.hpp"
@@ -126,4 +127,28 @@ TEST_CASE("mhla chat keeps the session: later turns prefill only the new text", 
   CHECK(n2 > 0);
   CHECK(n2 < position - n1);
   CHECK(lines(r.out) >= 2);
+}
+
+TEST_CASE("the model commands take --device: cpu runs, cuda needs a GPU, bad names are refused", "[model-cli]") {
+  TempDir dir;
+  const std::string ids = " --model '" + kGqa + "' --prompt-ids 1,5,9 --max-tokens 4 --temperature 0 --print-ids";
+  const auto plain = run_cli(dir, "generate" + ids);
+  const auto cpu = run_cli(dir, "generate" + ids + " --device cpu");
+  REQUIRE(cpu.status == 0);
+  if (!mhla::cuda_available()) CHECK(cpu.out == plain.out);  // auto means the CPU without a GPU
+  for (const std::string& cmd : {"generate" + ids, "logits --model '" + kGqa + "' --ids 1,2 --output " + dir.file("l")}) {
+    INFO(cmd);
+    const auto bad = run_cli(dir, cmd + " --device tpu");
+    CHECK(bad.status == 1);
+    CHECK(bad.err.find("--device") != std::string::npos);
+    const auto cuda = run_cli(dir, cmd + " --device cuda --precision f32");
+    if (mhla::cuda_available()) {
+      CHECK(cuda.status == 0);
+    } else {
+      CHECK(cuda.status == 1);
+      CHECK(cuda.err.rfind("mhla: error: ", 0) == 0);
+      CHECK((cuda.err.find("no CUDA GPU") != std::string::npos || cuda.err.find("without CUDA") != std::string::npos));
+      CHECK(lines(cuda.err) == 1);
+    }
+  }
 }
