@@ -1,9 +1,11 @@
 # Two entry points: `make demo` and `make test`. Both install what is missing first.
+# `make bench` builds the benchmarks too (bench/), which the other two leave out.
 BUILD ?= build
 JOBS ?= $(shell nproc)
-CMAKE_FLAGS ?= -DMHLA_WERROR=ON
+BENCH ?= OFF
+CMAKE_FLAGS ?= -DMHLA_WERROR=ON -DMHLA_BUILD_BENCH=$(BENCH)
 
-.PHONY: deps build demo test clean
+.PHONY: deps build demo test bench clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -17,6 +19,9 @@ demo: build
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+bench:
+	@$(MAKE) --no-print-directory build BENCH=ON
 
 clean:
 	rm -rf $(BUILD)

@@ -2,7 +2,7 @@
 # Packs what a run on a GPU machine needs into .carry/gpu-bundle.tar.xz: the GPU test and
 # benchmark binaries built here for sm_90, libmhla, and the non-CUDA shared libraries they load
 # (the GPU machine has the CUDA runtime and cuBLAS but not the Debian libraries). Compressed, as
-# the working tree and what it carries must stay small. Usage: scripts/pack-gpu.sh [BUILD]
+# the working tree and what it carries must stay small. Usage: make bench && scripts/pack-gpu.sh [BUILD]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
