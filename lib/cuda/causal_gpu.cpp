@@ -3,7 +3,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -13,6 +12,7 @@
 #include "cuda/buffer.hpp"
 #include "cuda/check.hpp"
 #include "cuda/gemm.hpp"
+#include "cuda/host_cast.hpp"
 #include "cuda/kernels.cuh"
 #include "cuda/pinned.hpp"
 #include "mhla/cuda.hpp"
@@ -41,17 +41,6 @@ struct SlotMeta {
   bool used = false;
   long long position = 0, folded = 0, tail = 0;
   int recent = 0, oldest = 0;
-};
-
-template <class T>
-struct Host;
-template <>
-struct Host<float> {
-  static float from(float x) { return x; }
-};
-template <>
-struct Host<__nv_bfloat16> {
-  static __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
 };
 
 
@@ -178,7 +167,7 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
   if (table_cache.size() >= 16) table_cache.clear();  // bounded: a server sees many lengths
   const int TT = tile_blocks;
   const int nt = static_cast<int>((M + TT - 1) / TT);
-  std::vector<T> band(static_cast<size_t>(nt) * TT * 2 * TT, Host<T>::from(0.0f)), one(TT, Host<T>::from(1.0f));
+  std::vector<T> band(static_cast<size_t>(nt) * TT * 2 * TT, host_cast<T>(0.0f)), one(TT, host_cast<T>(1.0f));
   std::vector<float> dg(M), wt(M, 0.0f);
   for (long long i = 0; i < M; ++i) {
     const int t = static_cast<int>(i / TT), ii = static_cast<int>(i % TT);
@@ -188,7 +177,7 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
       const long long b = static_cast<long long>(t - 1) * TT + jj;
       if (b >= 0 && b < i)
         band[(static_cast<size_t>(t) * TT + ii) * 2 * TT + jj] =
-            Host<T>::from(static_cast<float>(effective_weight(weights, opt.policy, i, b)));
+            host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, b)));
     }
   }
   PrefillTables& tab = table_cache[M];
@@ -200,8 +189,8 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
   copy(tab.ones, one.data(), one.size() * sizeof(T));
   tab.diag.resize(dg.size());
   MHLA_CUDA_CHECK(cudaMemcpy(tab.diag.data(), dg.data(), dg.size() * sizeof(float), cudaMemcpyHostToDevice));
-  std::vector<T> wt_t(static_cast<size_t>(nt) * TT, Host<T>::from(0.0f));  // whole tiles
-  for (size_t i = 0; i < wt.size(); ++i) wt_t[i] = Host<T>::from(wt[i]);
+  std::vector<T> wt_t(static_cast<size_t>(nt) * TT, host_cast<T>(0.0f));  // whole tiles
+  for (size_t i = 0; i < wt.size(); ++i) wt_t[i] = host_cast<T>(wt[i]);
   copy(tab.tail_t, wt_t.data(), wt_t.size() * sizeof(T));
   tab.tail_w.resize(wt.size());
   MHLA_CUDA_CHECK(cudaMemcpy(tab.tail_w.data(), wt.data(), wt.size() * sizeof(float), cudaMemcpyHostToDevice));

@@ -15,6 +15,7 @@
 #include "cuda/buffer.hpp"
 #include "cuda/check.hpp"
 #include "cuda/gemm.hpp"
+#include "cuda/host_cast.hpp"
 #include "cuda/model_kernels.cuh"
 #include "cuda/small_batch.cuh"
 #include "mhla/cuda.hpp"
@@ -26,17 +27,6 @@ namespace mhla::cuda {
 namespace {
 
 template <class T>
-T from_float(float x);
-template <>
-float from_float<float>(float x) {
-  return x;
-}
-template <>
-__nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-
-template <class T>
 DeviceBuffer<T> to_device(const std::vector<T>& host) {
   DeviceBuffer<T> d(host.size());
   if (!host.empty()) MHLA_CUDA_CHECK(cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
@@ -46,7 +36,7 @@ DeviceBuffer<T> to_device(const std::vector<T>& host) {
 template <class T>
 DeviceBuffer<T> weights_to_device(const std::vector<float>& w) {
   std::vector<T> host(w.size());
-  std::transform(w.begin(), w.end(), host.begin(), from_float<T>);
+  std::transform(w.begin(), w.end(), host.begin(), host_cast<T>);
   return to_device(host);
 }
 

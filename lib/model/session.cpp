@@ -118,7 +118,7 @@ const ModelState& Session::state() const {
 }
 
 ModelState& Session::state() {
-  // A caller may change the returned state; it goes back to the device on the next restore.
+  // On a device the returned state is a copy: changes to it reach the device only by restore().
   return const_cast<ModelState&>(std::as_const(*this).state());
 }
 
