@@ -23,6 +23,14 @@ Options::Options(CLI::App& app) {
   app.add_option("--io-threads", c.io_threads, "Threads serving connections")->capture_default_str();
   app.add_option("--read-timeout", c.read_timeout_s, "Seconds to receive a request; also the keep-alive idle time")
       ->capture_default_str();
+  app.add_option("--device", c.device, "Where the model runs: cpu, cuda, or auto (cuda when this build has CUDA and "
+                                      "a GPU is present)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  app.add_option("--precision", c.precision, "Weights and activations on the GPU: bf16, or f32 (the exact path); the "
+                                             "CPU runs f32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "f32"}));
   app.add_option("--policy", policy_, "Default context policy past the trained window: strict, slide or slide_mean")
       ->capture_default_str()
       ->check(CLI::IsMember({"strict", "slide", "slide_mean"}));

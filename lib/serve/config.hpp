@@ -20,6 +20,10 @@ struct ServerConfig {
   int io_threads = 1;
   double read_timeout_s = 30;        // to receive a whole request; also the keep-alive idle time
 
+  // Where the model runs (lib/serve/backend.hpp)
+  std::string device = "auto";       // cpu, cuda, or auto: cuda when this build has CUDA and a GPU is present
+  std::string precision = "bf16";    // the GPU's weights and activations: bf16 or f32 (the CPU runs f32)
+
   // Engine
   ContextPolicy policy = ContextPolicy::strict;  // default for requests that name none
   long long prefill_chunk = 64;      // prefill piece; the prefix cache works at this granularity

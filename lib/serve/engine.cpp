@@ -14,9 +14,10 @@ double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-Engine::Loop::Loop(const Model& m, const Tokenizer* t, const ChatTemplate& c, const ServerConfig& cfg,
+Engine::Loop::Loop(const Model& m, Backend& b, const Tokenizer* t, const ChatTemplate& c, const ServerConfig& cfg,
                    CheckpointStore& cp, Metrics& mt, Logger& lg)
     : model(m),
+      backend(b),
       tokenizer(t),
       chat(c),
       config(cfg),
@@ -28,9 +29,9 @@ Engine::Loop::Loop(const Model& m, const Tokenizer* t, const ChatTemplate& c, co
   metrics.state_memory_budget = static_cast<long long>(config.state_memory);
 }
 
-Engine::Engine(const Model& model, const Tokenizer* tokenizer, const ChatTemplate& chat, const ServerConfig& config,
-               CheckpointStore& checkpoints, Metrics& metrics, Logger& log)
-    : loop_(std::make_unique<Loop>(model, tokenizer, chat, config, checkpoints, metrics, log)) {}
+Engine::Engine(const Model& model, Backend& backend, const Tokenizer* tokenizer, const ChatTemplate& chat,
+               const ServerConfig& config, CheckpointStore& checkpoints, Metrics& metrics, Logger& log)
+    : loop_(std::make_unique<Loop>(model, backend, tokenizer, chat, config, checkpoints, metrics, log)) {}
 
 Engine::~Engine() {
   if (loop_->thread.joinable()) {
@@ -174,7 +175,16 @@ void Engine::Loop::process_queue() {
       it = queue.erase(it);
       continue;
     }
-    if (outcome == Outcome::defer_memory) memory_blocked = true;
+    if (outcome == Outcome::defer_slots && tasks.empty()) {
+      c.job->push(Failed{ApiError(503,
+                                  fmt::format("no free state slot on the GPU even with every idle session on disk "
+                                              "({} held of {} per context policy); retry later",
+                                              slots_in_use(), backend.slots()),
+                                  {}, "device_slots_full")});
+      it = queue.erase(it);
+      continue;
+    }
+    if (outcome == Outcome::defer_memory || outcome == Outcome::defer_slots) memory_blocked = true;
     if (!session.empty()) blocked.insert(session);
     ++it;
   }
@@ -209,6 +219,7 @@ void Engine::Loop::publish_gauges() {
   metrics.active_streams = streams;
   metrics.queued_requests = static_cast<long long>(queue.size());
   metrics.state_memory_bytes = static_cast<long long>(memory_in_use());
+  if (backend.on_device()) metrics.device_slots_in_use = slots_in_use();
 }
 
 }  // namespace mhla::serve

@@ -71,10 +71,13 @@ struct Command {
   Clock::time_point arrived = Clock::now();
 };
 
+class Backend;
+
 class Engine {
 public:
-  Engine(const Model& model, const Tokenizer* tokenizer, const ChatTemplate& chat, const ServerConfig& config,
-         CheckpointStore& checkpoints, Metrics& metrics, Logger& log);
+  // The backend runs the model (the CPU, or the GPU's state slots) and must outlive the engine.
+  Engine(const Model& model, Backend& backend, const Tokenizer* tokenizer, const ChatTemplate& chat,
+         const ServerConfig& config, CheckpointStore& checkpoints, Metrics& metrics, Logger& log);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;

@@ -42,7 +42,7 @@ Task& Engine::Loop::add_task(Command& c, WorkCommand& w) {
 
 void Engine::Loop::use_prefix_cache(Task& t) {
   if (auto hit = prefix.lookup(t.policy, t.input)) {
-    t.seq->state = std::move(hit->state);
+    assign_state(*t.seq, std::move(hit->state));
     t.seq->history.assign(t.input.begin(), t.input.begin() + static_cast<long>(hit->length));
     t.fed = hit->length;
   }
@@ -63,10 +63,11 @@ Engine::Loop::Outcome Engine::Loop::admit_stateless(Command& c, WorkCommand& w) 
                    fmt::format("n = {} needs {} bytes of state memory but the server has {} (--state-memory)", n,
                                need, config.state_memory),
                    "n");
-  if (!make_room(need)) return Outcome::defer_memory;
+  const SlotNeed slots = device_slots(policy, n);  // the prompt's sequence, then a fork per further choice
+  if (const Outcome o = make_room(need, nullptr, slots); o != Outcome::done) return o;
   Task& t = add_task(c, w);
   t.policy = policy;
-  t.own = std::make_unique<Sequence>(new_sequence(model, policy));
+  t.own = std::make_unique<Sequence>(backend.new_sequence(policy));
   t.seq = t.own.get();
   t.charge = need;
   t.input = std::move(t.cmd.tokens);
@@ -89,10 +90,11 @@ Engine::Loop::Outcome Engine::Loop::admit_create(Command& c, WorkCommand& w) {
     entries.push_back({"text", w.text});
   }
   check_prompt(policy, 0, input.size());
-  if (!make_room(model.max_state_bytes())) return Outcome::defer_memory;
+  const SlotNeed slot = device_slots(policy, 1);
+  if (const Outcome o = make_room(model.max_state_bytes(), nullptr, slot); o != Outcome::done) return o;
 
   auto body = std::make_unique<SessionBody>();
-  body->seq = new_sequence(model, policy);
+  body->seq = backend.new_sequence(policy);
   body->seq.sampler.reseed(random_seed());
   ServerSession& s = new_session(c.job->owner(), std::move(body));
   if (input.empty()) {
@@ -139,7 +141,7 @@ std::vector<int> Engine::Loop::session_input(ServerSession& s, const WorkCommand
 Engine::Loop::Outcome Engine::Loop::admit_session(Command& c, WorkCommand& w) {
   ServerSession& s = find_session(w.session_id, c.job->owner());
   if (s.task) return Outcome::defer_busy;
-  if (!ensure_resident(s)) return Outcome::defer_memory;
+  if (const Outcome o = ensure_resident(s); o != Outcome::done) return o;
   s.touched = Clock::now();
   SessionBody& b = *s.body;
   const bool regenerate = w.kind == WorkCommand::Kind::regenerate;
@@ -170,24 +172,35 @@ Engine::Loop::Outcome Engine::Loop::admit_session(Command& c, WorkCommand& w) {
     check_prompt(policy, b.seq.position(), input.size());
     const bool open = b.turns.empty() || b.turns.back().has_reply;
     new_turn = open && (!input.empty() || w.kind == WorkCommand::Kind::generate) && config.max_turns_kept > 0;
-    const std::size_t copy_bytes = b.seq.state.byte_size() + b.seq.next_logits.size() * sizeof(float);
-    if (!input.empty() && !make_room(copy_bytes, &s)) return Outcome::defer_memory;
+    const std::size_t copy_bytes = state_bytes(b.seq) + b.seq.next_logits.size() * sizeof(float);
+    if (!input.empty())
+      if (const Outcome o = make_room(copy_bytes, &s); o != Outcome::done) return o;
   }
   if (w.gen && input.empty() && b.seq.next_logits.empty() && !regenerate)
     throw bad_request("the session is empty: append a prompt before generating");
+  if (backend.on_device()) {
+    // A new policy's model takes the session into one of its slots; the copy kept for a
+    // rollback there, and later (once the rollback copy is gone) the forks of further choices.
+    const bool rollback = !regenerate && !new_turn && !input.empty();
+    const int count = (policy != b.seq.state.policy ? 1 : 0) + std::max(rollback ? 1 : 0, w.gen ? w.gen->n - 1 : 0);
+    if (count > 0)
+      if (const Outcome o = make_room(0, &s, device_slots(policy, count)); o != Outcome::done) return o;
+  }
 
   const long long before = b.seq.position();
   if (regenerate) {
     // Back to the turn's start, its input again; the sampler keeps its place so the new
     // reply differs unless a seed is given.
     Turn& turn = b.turns.back();
-    b.seq.state = turn.state;
+    ModelState start = turn.state;
+    start.policy = b.seq.state.policy;  // the request's policy is applied below
+    assign_state(b.seq, std::move(start));
     b.seq.next_logits = turn.next_logits;
     b.seq.history.resize(turn.history_size);
     b.transcript.resize(turn.transcript_size + turn.input_entries);
     turn.has_reply = false;
   } else if (new_turn) {
-    b.turns.push_back(Turn{b.seq.state, b.seq.next_logits, b.seq.history.size(), input, b.transcript.size(),
+    b.turns.push_back(Turn{host_state(b.seq), b.seq.next_logits, b.seq.history.size(), input, b.transcript.size(),
                            entries.size(), false});
     while (b.turns.size() > static_cast<std::size_t>(config.max_turns_kept)) b.turns.pop_front();
   } else if (!b.turns.empty() && !b.turns.back().has_reply) {
@@ -195,7 +208,7 @@ Engine::Loop::Outcome Engine::Loop::admit_session(Command& c, WorkCommand& w) {
     turn.input.insert(turn.input.end(), input.begin(), input.end());
     turn.input_entries += entries.size();
   }
-  b.seq.state.policy = policy;
+  backend.set_policy(b.seq, policy);
   const std::size_t joined_tokens = regenerate || new_turn ? 0 : input.size();
   const std::size_t joined_entries = regenerate || new_turn ? 0 : entries.size();
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mhla/text_stream.hpp"
+#include "serve/backend.hpp"
 #include "serve/engine.hpp"
 #include "serve/prefix_cache.hpp"
 #include "serve/session_body.hpp"
@@ -74,9 +75,15 @@ struct Task {
   bool prefilling() const { return !aborted && fed < input.size(); }
 };
 
+// State slots a command needs in the device model of a policy (none on the CPU).
+struct SlotNeed {
+  ContextPolicy policy = ContextPolicy::strict;
+  int count = 0;
+};
+
 struct Engine::Loop {
-  Loop(const Model& m, const Tokenizer* t, const ChatTemplate& c, const ServerConfig& cfg, CheckpointStore& cp,
-       Metrics& mt, Logger& lg);
+  Loop(const Model& m, Backend& b, const Tokenizer* t, const ChatTemplate& c, const ServerConfig& cfg,
+       CheckpointStore& cp, Metrics& mt, Logger& lg);
 
   // engine.cpp: the loop itself
   void run();
@@ -88,7 +95,7 @@ struct Engine::Loop {
   void publish_gauges();
 
   // engine_admit.cpp: commands that start model work
-  enum class Outcome { done, defer_busy, defer_memory };
+  enum class Outcome { done, defer_busy, defer_memory, defer_slots };
   Outcome admit(Command& c, WorkCommand& w);
   Outcome admit_stateless(Command& c, WorkCommand& w);
   Outcome admit_create(Command& c, WorkCommand& w);
@@ -116,8 +123,16 @@ struct Engine::Loop {
   Outcome session_op(Command& c, SessionCommand& op);
   ServerSession& find_session(const std::string& id, const std::string& owner);
   ServerSession& new_session(const std::string& owner, std::unique_ptr<SessionBody> body);
-  bool ensure_resident(ServerSession& s);
-  bool make_room(std::size_t need, const ServerSession* keep = nullptr);
+  Outcome ensure_resident(ServerSession& s);
+  // Room for `need` more bytes of state memory and the slots asked for, sending idle sessions
+  // (least recently used first, never `keep`) to disk; defer_memory or defer_slots when that
+  // is not enough. A need of more slots than the device model has is a 400.
+  Outcome make_room(std::size_t need, const ServerSession* keep = nullptr, SlotNeed slots = {});
+  // `count` slots of the policy's device model (making that model if needed); none on the CPU.
+  SlotNeed device_slots(ContextPolicy policy, int count);
+  // Slots of the policy's device model held or promised (forks a request makes once its
+  // prompt is in); all policies' when none is given.
+  int slots_in_use(std::optional<ContextPolicy> policy = std::nullopt) const;
   bool evict(ServerSession& s);
   void delete_session(ServerSession& s);
   std::size_t memory_in_use() const;
@@ -125,6 +140,7 @@ struct Engine::Loop {
   nlohmann::json session_info(const ServerSession& s) const;
 
   const Model& model;
+  Backend& backend;
   const Tokenizer* tokenizer;
   const ChatTemplate& chat;
   const ServerConfig& config;

@@ -1,5 +1,6 @@
 // Session commands, and where sessions live: in memory while there is room, on disk when
 // not (least recently used first), back in memory on their next use.
+#include <algorithm>
 #include <fmt/format.h>
 
 #include "serve/engine_loop.hpp"
@@ -47,14 +48,50 @@ std::size_t Engine::Loop::memory_in_use() const {
   return bytes;
 }
 
-bool Engine::Loop::make_room(std::size_t need, const ServerSession* keep) {
-  while (memory_in_use() + need > config.state_memory) {
+SlotNeed Engine::Loop::device_slots(ContextPolicy policy, int count) {
+  if (!backend.on_device()) return {};
+  backend.prepare(policy);
+  return {policy, count};
+}
+
+int Engine::Loop::slots_in_use(std::optional<ContextPolicy> policy) const {
+  const auto held = [&](const Sequence* s) { return s && s->slot && (!policy || s->state.policy == *policy) ? 1 : 0; };
+  int n = 0;
+  for (const auto& [id, s] : sessions)
+    if (s.body) n += held(&s.body->seq);
+  for (const auto& t : tasks) {
+    n += held(t->own.get());
+    for (const auto& ch : t->choices) n += held(ch.own.get());
+    const int rollback = t->rollback ? held(&*t->rollback) : 0;
+    const bool forks_to_come =
+        backend.on_device() && t->cmd.gen && t->choices.empty() && !t->aborted && (!policy || t->policy == *policy);
+    // The rollback copy is dropped once the input is in, before the forks are made.
+    n += std::max(rollback, forks_to_come ? t->cmd.gen->n - 1 : 0);
+  }
+  return n;
+}
+
+Engine::Loop::Outcome Engine::Loop::make_room(std::size_t need, const ServerSession* keep, SlotNeed slots) {
+  if (slots.count > 0) {
+    const bool kept = keep && keep->body && keep->body->seq.slot && keep->body->seq.state.policy == slots.policy;
+    if (slots.count + (kept ? 1 : 0) > backend.slots())
+      throw ApiError(400,
+                     fmt::format("this request needs {} state slots on the GPU at once (one per sequence: the "
+                                 "session, each of n choices) but the server has {} per context policy (they follow "
+                                 "--state-memory and --max-sessions)",
+                                 slots.count + (kept ? 1 : 0), backend.slots()));
+  }
+  while (true) {
+    const bool memory_short = memory_in_use() + need > config.state_memory;
+    const bool slots_short = slots.count > 0 && backend.slots() - slots_in_use(slots.policy) < slots.count;
+    if (!memory_short && !slots_short) return Outcome::done;
+    // Short of slots only: a session of another policy's model frees none.
+    const auto frees = [&](const ServerSession& s) { return memory_short || s.body->seq.state.policy == slots.policy; };
     ServerSession* victim = nullptr;
     for (auto& [id, s] : sessions)
-      if (s.body && !s.task && &s != keep && (!victim || s.touched < victim->touched)) victim = &s;
-    if (!victim || !evict(*victim)) return false;
+      if (s.body && !s.task && &s != keep && frees(s) && (!victim || s.touched < victim->touched)) victim = &s;
+    if (!victim || !evict(*victim)) return memory_short ? Outcome::defer_memory : Outcome::defer_slots;
   }
-  return true;
 }
 
 bool Engine::Loop::evict(ServerSession& s) {
@@ -71,21 +108,28 @@ bool Engine::Loop::evict(ServerSession& s) {
   return true;
 }
 
-bool Engine::Loop::ensure_resident(ServerSession& s) {
-  if (s.body) return true;
-  if (!make_room(model.max_state_bytes(), &s)) return false;
+Engine::Loop::Outcome Engine::Loop::ensure_resident(ServerSession& s) {
+  if (s.body) return Outcome::done;
+  if (const Outcome o = make_room(model.max_state_bytes(), &s); o != Outcome::done) return o;
+  std::unique_ptr<SessionBody> body;
   try {
-    s.body = std::make_unique<SessionBody>(store.load(s.id));
+    body = std::make_unique<SessionBody>(store.load(s.id));
   } catch (const std::exception& e) {
     log.error("session_restore_failed", {{"session", s.id}, {"reason", e.what()}});
     throw ApiError(500, fmt::format("session {} could not be read back from disk: {}", s.id, e.what()));
   }
+  if (backend.on_device()) {
+    const SlotNeed slot = device_slots(body->seq.state.policy, 1);
+    if (const Outcome o = make_room(0, &s, slot); o != Outcome::done) return o;
+    backend.place(body->seq);
+  }
+  s.body = std::move(body);
   // One place at a time: once in memory, the copy on disk would go stale.
   store.remove(s.id);
   s.touched = Clock::now();
   ++metrics.session_restores;
   log.info("session_restored", {{"session", s.id}});
-  return true;
+  return Outcome::done;
 }
 
 void Engine::Loop::delete_session(ServerSession& s) {
@@ -103,7 +147,7 @@ nlohmann::json Engine::Loop::session_info(const ServerSession& s) const {
   for (const auto& m : b.transcript) transcript.push_back({{"role", m.role}, {"content", m.content}});
   j["position"] = b.seq.position();
   j["policy"] = to_string(b.seq.state.policy);
-  j["state_bytes"] = b.seq.state.byte_size();
+  j["state_bytes"] = state_bytes(b.seq);
   j["memory_bytes"] = b.charge(model);
   j["turns"] = b.turns.size();
   j["busy"] = s.task != nullptr;
@@ -126,7 +170,7 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
   if (op.kind == Kind::restore) {
     check_session_limit();
     if (!checkpoints.find(owner, op.checkpoint_id)) throw not_found(fmt::format("no checkpoint {}", op.checkpoint_id));
-    if (!make_room(model.max_state_bytes())) return Outcome::defer_memory;
+    if (const Outcome o = make_room(model.max_state_bytes()); o != Outcome::done) return o;
     SessionSnapshot snap = checkpoints.read(owner, op.checkpoint_id);
     auto body = std::make_unique<SessionBody>();
     try {
@@ -134,6 +178,11 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
     } catch (const std::exception& e) {
       throw ApiError(409, fmt::format("checkpoint {} cannot be restored: {}", op.checkpoint_id, e.what()), {},
                      "invalid_checkpoint");
+    }
+    if (backend.on_device()) {
+      const SlotNeed slot = device_slots(body->seq.state.policy, 1);
+      if (const Outcome o = make_room(0, nullptr, slot); o != Outcome::done) return o;
+      backend.place(body->seq);
     }
     body->transcript = std::move(snap.transcript);
     ServerSession& s = new_session(owner, std::move(body));
@@ -159,14 +208,15 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
     return Outcome::done;
   }
   if (s.task && op.kind != Kind::get) return Outcome::defer_busy;
-  if (!ensure_resident(s)) return Outcome::defer_memory;
+  if (const Outcome o = ensure_resident(s); o != Outcome::done) return o;
   s.touched = Clock::now();
   SessionBody& b = *s.body;
   switch (op.kind) {
     case Kind::get: break;
     case Kind::fork: {
       check_session_limit();
-      if (!make_room(b.charge(model), &s)) return Outcome::defer_memory;
+      const SlotNeed slot = device_slots(b.seq.state.policy, 1);
+      if (const Outcome o = make_room(b.charge(model), &s, slot); o != Outcome::done) return o;
       ServerSession& copy = new_session(owner, std::make_unique<SessionBody>(b));
       c.job->push(Done{{}, session_info(copy)});
       return Outcome::done;
@@ -175,9 +225,8 @@ Engine::Loop::Outcome Engine::Loop::session_op(Command& c, SessionCommand& op) {
       if (b.turns.empty())
         throw ApiError(409, "nothing to undo: no turn start is kept (see --max-turns-kept)", {}, "nothing_to_undo");
       Turn& turn = b.turns.back();
-      const ContextPolicy policy = b.seq.state.policy;  // a policy change (strict to slide) stays
-      b.seq.state = std::move(turn.state);
-      b.seq.state.policy = policy;
+      turn.state.policy = b.seq.state.policy;  // a policy change (strict to slide) stays
+      assign_state(b.seq, std::move(turn.state));
       b.seq.next_logits = std::move(turn.next_logits);
       b.seq.history.resize(turn.history_size);
       b.transcript.resize(turn.transcript_size);

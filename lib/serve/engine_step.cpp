@@ -39,12 +39,12 @@ TokenLogprob logprob_of(const std::vector<float>& logits, int id, int top) {
 
 void Engine::Loop::step() {
   const auto t0 = Clock::now();
-  std::vector<SequenceStep> batch;
+  std::vector<SequenceRun> batch;
   std::vector<std::pair<Task*, Choice*>> decodes;
   for (auto& t : tasks)
     for (auto& ch : t->choices)
       if (ch.feed >= 0 && !t->aborted) {
-        batch.push_back({&ch.seq->state, {&ch.feed, 1}, LogitsMode::last, &ch.seq->next_logits});
+        batch.push_back({ch.seq, {&ch.feed, 1}, LogitsMode::last});
         decodes.emplace_back(t.get(), &ch);
       }
   // Prefill takes what the decodes leave of the budget, in whole pieces, first come first
@@ -65,35 +65,60 @@ void Engine::Loop::step() {
     const std::size_t take = std::min(end - t->fed, allowed);
     if (take == 0) break;
     const bool last = t->fed + take == t->input.size();
-    batch.push_back({&t->seq->state, std::span<const int>(t->input).subspan(t->fed, take),
-                     last ? LogitsMode::last : LogitsMode::none, &t->seq->next_logits});
+    batch.push_back({t->seq, std::span<const int>(t->input).subspan(t->fed, take),
+                     last ? LogitsMode::last : LogitsMode::none});
     prefills.emplace_back(t.get(), take);
     budget -= static_cast<long long>(take);
   }
   if (batch.empty()) return;
 
-  try {
-    model.forward(batch, config.prefill_chunk);
-  } catch (const std::exception& e) {
-    // forward() checks every sequence before it changes any state, so nothing moved.
-    log.error("step_failed", {{"reason", e.what()}});
-    for (auto& [t, ch] : decodes) t->job->cancel();
-    for (auto& [t, n] : prefills) abort(*t, ApiError(500, fmt::format("the model refused the input: {}", e.what())));
-    return;
+  // Decodes come first in the batch, then prefills.
+  std::vector<char> ran(batch.size(), 0);
+  bool any_ran = false;
+  for (const auto& group : backend.groups(batch)) {
+    try {
+      backend.forward(batch, group);
+    } catch (const std::exception& e) {
+      // forward() checks every sequence before it changes any state, so nothing moved.
+      log.error("step_failed", {{"reason", e.what()}});
+      for (const std::size_t i : group)
+        if (i < decodes.size())
+          decodes[i].first->job->cancel();
+        else
+          abort(*prefills[i - decodes.size()].first,
+                ApiError(500, fmt::format("the model refused the input: {}", e.what())));
+      continue;
+    }
+    for (const std::size_t i : group) ran[i] = 1;
+    any_ran = true;
   }
+  if (!any_ran) return;
 
-  for (auto& [t, ch] : decodes) {
+  for (std::size_t i = 0; i < decodes.size(); ++i) {
+    if (!ran[i]) continue;
+    auto [t, ch] = decodes[i];
     ch->seq->history.push_back(ch->feed);
     ch->feed = -1;
     if (!ch->finished && !t->aborted) guarded(*t, [&, t = t, ch = ch] { sample_next(*t, *ch); });
   }
-  for (auto& [t, n] : prefills) {
+  for (std::size_t i = 0; i < prefills.size(); ++i) {
+    if (!ran[decodes.size() + i]) continue;
+    auto [t, n] = prefills[i];
     t->seq->history.insert(t->seq->history.end(), t->input.begin() + static_cast<long>(t->fed),
                            t->input.begin() + static_cast<long>(t->fed + n));
     t->fed += n;
     metrics.prompt_tokens += static_cast<long long>(n);
-    if (std::find(t->captures.begin(), t->captures.end(), t->fed) != t->captures.end())
-      prefix.insert(t->policy, std::span<const int>(t->input).first(t->fed), t->seq->state);
+    if (std::find(t->captures.begin(), t->captures.end(), t->fed) != t->captures.end()) {
+      const std::span<const int> prefix_tokens = std::span<const int>(t->input).first(t->fed);
+      // On a GPU the cache takes the state downloaded to the CPU form. Download and upload copy
+      // the fp32 state exactly and the GPU prefills every piece after the first from a non-zero
+      // position either way, so a prompt resumed from it continues as it would from scratch
+      // (up to the batch-dependent rounding every GPU step has).
+      if (t->seq->slot)
+        prefix.insert(t->policy, prefix_tokens, host_state(*t->seq));
+      else
+        prefix.insert(t->policy, prefix_tokens, t->seq->state);
+    }
     if (!t->prefilling())
       guarded(*t, [&, t = t] { prefill_done(*t); });
     else if (t->cmd.progress)
@@ -248,9 +273,8 @@ void Engine::Loop::abort(Task& t, const std::optional<ApiError>& error) {
     } else if (t.prefilling() && t.opened_turn && !b.turns.empty()) {
       // The input never fully went in: back to the turn's start, as if it was never sent.
       Turn& turn = b.turns.back();
-      const ContextPolicy policy = b.seq.state.policy;
-      b.seq.state = std::move(turn.state);
-      b.seq.state.policy = policy;
+      turn.state.policy = b.seq.state.policy;
+      assign_state(b.seq, std::move(turn.state));
       b.seq.next_logits = std::move(turn.next_logits);
       b.seq.history.resize(turn.history_size);
       b.transcript.resize(turn.transcript_size);

@@ -8,8 +8,11 @@ namespace mhla::serve {
 Reply handle_health(ServerContext& ctx) {
   const bool draining = ctx.engine.draining();
   const auto uptime = std::chrono::duration<double>(std::chrono::system_clock::now() - ctx.started).count();
-  return json_reply(draining ? 503 : 200,
-                    {{"status", draining ? "draining" : "ok"}, {"model", ctx.model_name}, {"uptime_seconds", uptime}});
+  return json_reply(draining ? 503 : 200, {{"status", draining ? "draining" : "ok"},
+                                           {"model", ctx.model_name},
+                                           {"device", to_string(ctx.backend.device())},
+                                           {"precision", to_string(ctx.backend.precision())},
+                                           {"uptime_seconds", uptime}});
 }
 
 Reply handle_metrics(ServerContext& ctx) {
@@ -35,6 +38,10 @@ Reply handle_models(ServerContext& ctx, const std::string* id) {
       {"state_bytes_max", ctx.model.max_state_bytes()},
       {"tokenizer", ctx.tokenizer != nullptr},
       {"chat_template", ctx.chat.source()},
+      {"device", to_string(ctx.backend.device())},
+      {"device_name", ctx.backend.description()},
+      {"precision", to_string(ctx.backend.precision())},
+      {"state_slots", ctx.backend.slots()},
   };
   if (id) {
     if (*id != ctx.model_name) throw not_found(fmt::format("no model {}; this server serves {}", *id, ctx.model_name));

@@ -113,6 +113,13 @@ std::string Metrics::render() const {
   gauge("mhla_prefix_cache_bytes", "Bytes held by the prefix cache.", static_cast<double>(prefix_cache_bytes));
   gauge("mhla_prefix_cache_entries", "Prefix states held.", static_cast<double>(prefix_cache_entries));
   counter("mhla_cancelled_total", "Requests cancelled (client gone, session deleted, shutdown).", cancelled);
+  out += fmt::format("# HELP mhla_device_info Where the model runs (label device: cpu or cuda) and its number "
+                     "format.\n# TYPE mhla_device_info gauge\nmhla_device_info{{device=\"{}\",precision=\"{}\"}} 1\n",
+                     device, precision);
+  gauge("mhla_device_state_slots", "State slots of each context policy's model on the GPU (0 on the CPU).",
+        static_cast<double>(device_slots));
+  gauge("mhla_device_state_slots_in_use", "GPU state slots held by sessions and requests, or promised to them.",
+        static_cast<double>(device_slots_in_use));
   return out;
 }
 

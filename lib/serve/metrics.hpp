@@ -55,6 +55,12 @@ public:
   std::atomic<long long> prefix_cache_bytes{0};
   std::atomic<long long> prefix_cache_entries{0};
 
+  // Where the model runs; set before the server starts.
+  std::string device = "cpu";
+  std::string precision = "f32";
+  long long device_slots = 0;                     // state slots per context policy on the GPU
+  std::atomic<long long> device_slots_in_use{0};  // held or promised, all policies
+
   std::string render() const;
 
 private:

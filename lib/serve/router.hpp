@@ -13,6 +13,7 @@
 
 #include "mhla/model.hpp"
 #include "mhla/tokenizer.hpp"
+#include "serve/backend.hpp"
 #include "serve/chat_template.hpp"
 #include "serve/checkpoint_store.hpp"
 #include "serve/config.hpp"
@@ -51,6 +52,7 @@ Reply error_reply(const ApiError& e);
 struct ServerContext {
   const ServerConfig& config;
   const Model& model;
+  const Backend& backend;
   const Tokenizer* tokenizer;
   const ChatTemplate& chat;
   std::string model_name;

@@ -10,6 +10,24 @@ Sequence new_sequence(const Model& model, ContextPolicy policy) {
   return s;
 }
 
+ModelState host_state(const Sequence& seq) {
+  if (!seq.slot) return seq.state;
+  return seq.slot.device()->download(seq.slot.slot());
+}
+
+void assign_state(Sequence& seq, ModelState state) {
+  if (!seq.slot) {
+    seq.state = std::move(state);
+    return;
+  }
+  seq.slot.device()->upload(seq.slot.slot(), state);
+  seq.state = ModelState{{}, state.policy};
+}
+
+std::size_t state_bytes(const Sequence& seq) {
+  return seq.slot ? seq.slot.device()->slot_bytes() : seq.state.byte_size();
+}
+
 SessionSnapshot to_snapshot(const Sequence& seq, const Model& model, long long prefill_chunk) {
   SessionSnapshot s;
   s.model = model.fingerprint();
@@ -19,7 +37,7 @@ SessionSnapshot to_snapshot(const Sequence& seq, const Model& model, long long p
   s.prefill_chunk = prefill_chunk;
   s.sampling = seq.sampler.params();
   s.rng = seq.sampler.save_rng();
-  s.state = seq.state;
+  s.state = host_state(seq);
   s.history = seq.history;
   s.next_logits = seq.next_logits;
   return s;

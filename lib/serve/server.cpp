@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "mhla/error.hpp"
+#include "serve/backend.hpp"
 #include "serve/files.hpp"
 #include "serve/http_server.hpp"
 
@@ -29,6 +30,7 @@ struct Server::Parts {
   ChatTemplate chat;
   std::string model_name;
   CheckpointStore checkpoints;
+  Backend backend;
   Engine engine;
   ServerContext context;
   Router router;
@@ -59,9 +61,10 @@ struct Server::Parts {
         chat(ChatTemplate::for_model(config.model_dir)),
         model_name(name_of(config)),
         checkpoints((std::filesystem::path(config.state_dir) / "checkpoints").string(), model, config, log),
-        engine(model, tokenizer ? &*tokenizer : nullptr, chat, config, checkpoints, metrics, log),
-        context{config,  model,   tokenizer ? &*tokenizer : nullptr,
-                chat,    model_name, engine, checkpoints, metrics, log, std::chrono::system_clock::now()},
+        backend(model, config, log),
+        engine(model, backend, tokenizer ? &*tokenizer : nullptr, chat, config, checkpoints, metrics, log),
+        context{config,     model,  backend,     tokenizer ? &*tokenizer : nullptr,
+                chat,       model_name, engine, checkpoints, metrics, log, std::chrono::system_clock::now()},
         router(context),
         http(ioc, router, config, metrics, log) {}
 };
@@ -78,6 +81,9 @@ Server::Server(ServerConfig config, std::optional<Model> model) {
     throw Error(fmt::format("--state-memory ({} bytes) cannot hold even one sequence of this model ({} bytes); raise it",
                             p.config.state_memory, p.model.max_state_bytes()));
   for (const auto& w : p.model.warnings()) p.log.warn("model_config", {{"warning", w}});
+  p.metrics.device = std::string(to_string(p.backend.device()));
+  p.metrics.precision = std::string(to_string(p.backend.precision()));
+  p.metrics.device_slots = p.backend.slots();
   p.port = p.http.listen(p.config.host, p.config.port);
 }
 
@@ -100,6 +106,10 @@ void Server::start() {
   p.log.info("listening", {{"host", p.config.host},
                            {"port", p.port},
                            {"model", p.model_name},
+                           {"device", to_string(p.backend.device())},
+                           {"device_name", p.backend.description()},
+                           {"precision", to_string(p.backend.precision())},
+                           {"state_slots", p.backend.slots()},
                            {"trained_window", p.model.trained_window()},
                            {"state_bytes_max", p.model.max_state_bytes()},
                            {"auth", !p.config.api_keys.empty()}});

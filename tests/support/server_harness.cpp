@@ -20,6 +20,7 @@ serve::ServerConfig server_config(const std::string& state_dir) {
   serve::ServerConfig c;
   c.model_dir = kTiny;
   c.port = 0;
+  c.device = "cpu";
   c.policy = ContextPolicy::slide_mean;
   c.state_dir = state_dir;
   c.log_level = "off";
@@ -66,7 +67,8 @@ ServerProcess::ServerProcess(const std::string& state_dir, const std::vector<std
   std::filesystem::create_directories(state_dir);
   std::filesystem::remove(port_file);
   std::vector<std::string> args = {MHLA_SERVER_PATH, "--model", kTiny, "--port", "0", "--port-file", port_file,
-                                   "--state-dir", state_dir, "--policy", "slide_mean", "--log-level", "warn",
+                                   "--state-dir", state_dir, "--device", "cpu", "--policy", "slide_mean",
+                                   "--log-level", "warn",
                                    "--prefill-chunk", "16", "--step-tokens", "64"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;

@@ -16,8 +16,8 @@
 
 namespace mhla::test {
 
-// The tiny test model, any free port, slide_mean (its trained window is only 32 tokens),
-// logs off, state under state_dir.
+// The tiny test model on the CPU (whatever GPU the machine has), any free port, slide_mean
+// (its trained window is only 32 tokens), logs off, state under state_dir.
 serve::ServerConfig server_config(const std::string& state_dir);
 
 class TestServer {
@@ -42,7 +42,7 @@ private:
 // The path of the built mhla-server executable.
 std::string server_binary();
 
-// The built mhla-server, started with --port 0 and --port-file; waits until it listens.
+// The built mhla-server on the CPU, started with --port 0 and --port-file; waits until it listens.
 class ServerProcess {
 public:
   ServerProcess(const std::string& state_dir, const std::vector<std::string>& extra_args = {});
