@@ -120,6 +120,37 @@ int main(int argc, char** argv) try {
     cudaFree(v);
     cudaFree(o);
   }
+
+  // Non-causal forward (normalized, relu, C 64, M = N/64 blocks) in bf16: bytes the design must
+  // move at least (inputs read, the summaries S written and read, the mixed summaries P written
+  // and read, the output written).
+  for (long long N : {8192LL, 32768LL}) {
+    if (!wanted("op noncausal N=" + std::to_string(N))) continue;
+    mhla::NonCausalOptions nc;
+    nc.layout = L;
+    nc.block_size = 64;
+    mhla::cuda::GpuNonCausalOperator op(nc, mhla::cuda::Precision::bf16);
+    const long long M = N / 64;
+    const std::vector<float> w(M * M, 1.0f / M);
+    auto* q = random_bf16(N * L.heads * L.dk, 30);
+    auto* k = random_bf16(N * L.kv_heads * L.dk, 31);
+    auto* v = random_bf16(N * L.kv_heads * L.dv, 32);
+    float* o = nullptr;
+    check(cudaMalloc(&o, N * L.heads * L.dv * sizeof(float)), "cudaMalloc");
+    const double ms = median_wall_ms(
+        [&] {
+          op.forward(w, q, k, v, N, o);
+          op.synchronize();
+        },
+        2, 10);
+    const double io = N * (L.heads * L.dk + L.kv_heads * L.dk + L.kv_heads * L.dv) * 2.0 + N * L.heads * L.dv * 4.0;
+    const double summaries = M * L.kv_heads * me * 2.0 * (2 + 2);
+    report("op noncausal N=" + std::to_string(N), ms, (io + summaries) / bw * 1e3);
+    cudaFree(q);
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(o);
+  }
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "mhla_bench_cuda_op: %s\n", e.what());

@@ -12,8 +12,13 @@
 
 #include "commands.hpp"
 #include "mhla/causal.hpp"
+#include "mhla/device.hpp"
 #include "mhla/error.hpp"
 #include "mhla/safetensors.hpp"
+
+#ifdef MHLA_HAVE_CUDA
+#include "mhla/cuda.hpp"
+#endif
 
 namespace mhla::cli {
 
@@ -32,8 +37,10 @@ struct OpArgs {
   bool normalize = false;
   float eps = 1e-6f;
   std::string policy = "strict";
+  std::string device = "cpu";
   // Which flags were given, for the checks that depend on the mode.
-  bool chunk_given = false, block_size_given = false, grid_given = false, policy_given = false;
+  bool chunk_given = false, block_size_given = false, grid_given = false, policy_given = false,
+       device_given = false;
 };
 
 bool is_causal(const std::string& mode) { return mode != "noncausal"; }
@@ -120,6 +127,8 @@ void check_flags(const OpArgs& a) {
     throw Error("--grid sets the blocks to its windows: give either --grid/--window or --block-size");
   if (a.grid_given && a.window <= 0) throw Error(fmt::format("--window must be a positive side, got {}", a.window));
   if (a.policy_given && !is_causal(a.mode)) throw Error("--policy applies only to the causal modes");
+  if (a.device_given && is_causal(a.mode))
+    throw Error("--device applies only to --mode noncausal; the causal modes run on the CPU");
   if (!(a.eps >= 0 && std::isfinite(a.eps))) throw Error(fmt::format("--eps must be finite and >= 0, got {}", a.eps));
 }
 
@@ -175,7 +184,8 @@ size_t run_causal(const OpArgs& a, const Inputs& in, float* o) {
   return state.byte_size();
 }
 
-void run_noncausal(const OpArgs& a, const Inputs& in, float* o) {
+// Runs the non-causal form on the device the flags name; returns that device.
+Device run_noncausal(const OpArgs& a, const Inputs& in, float* o) {
   NonCausalOptions opt;
   opt.layout = in.layout;
   opt.block_size = a.block_size;
@@ -191,7 +201,20 @@ void run_noncausal(const OpArgs& a, const Inputs& in, float* o) {
   if (in.mixing_blocks != blocks)
     throw Error(fmt::format("non-causal mixing must be {}x{} ({} blocks of {} tokens), got {}x{}", blocks, blocks,
                             blocks, opt.tokens_per_block(), in.mixing_blocks, in.mixing_blocks));
-  noncausal_forward(opt, in.mixing, in.q.data(), in.k.data(), in.v.data(), in.tokens, o);
+  const Device device = parse_device(a.device);
+  if (device == Device::cpu) {
+    noncausal_forward(opt, in.mixing, in.q.data(), in.k.data(), in.v.data(), in.tokens, o);
+    return device;
+  }
+#ifdef MHLA_HAVE_CUDA
+  if (!cuda_available()) throw Error("--device cuda was asked for, but no CUDA GPU is available: use --device cpu");
+  // fp32 on the GPU too: this command is for reference runs.
+  cuda::GpuNonCausalOperator op(opt, cuda::Precision::f32);
+  op.forward_host(in.mixing, in.q.data(), in.k.data(), in.v.data(), in.tokens, o);
+  return device;
+#else
+  throw Error("this build of mhla has no CUDA backend (built without nvcc): use --device cpu");
+#endif
 }
 
 void run_op(const OpArgs& a) {
@@ -204,16 +227,18 @@ void run_op(const OpArgs& a) {
 
   const auto start = std::chrono::steady_clock::now();
   std::optional<size_t> state_bytes;
+  Device device = Device::cpu;
   if (is_causal(a.mode))
     state_bytes = run_causal(a, in, o.data());
   else
-    run_noncausal(a, in, o.data());
+    device = run_noncausal(a, in, o.data());
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 
   if (ref) fmt::print("relative error vs reference: {:.6e}\n", relative_error(o, ref->read_f64("o")));
   write_safetensors(a.output, {{"o", {{in.tokens, L.heads, L.dv}, std::move(o)}}});
-  fmt::print(stderr, "mhla op: mode={} T={} H={} Hkv={} dk={} dv={} time={:.3f} ms{}\n", a.mode, in.tokens, L.heads,
-             L.kv_heads, L.dk, L.dv, ms, state_bytes ? fmt::format(" state={} bytes", *state_bytes) : "");
+  fmt::print(stderr, "mhla op: mode={} device={} T={} H={} Hkv={} dk={} dv={} time={:.3f} ms{}\n", a.mode,
+             to_string(device), in.tokens, L.heads, L.kv_heads, L.dk, L.dv, ms,
+             state_bytes ? fmt::format(" state={} bytes", *state_bytes) : "");
 }
 
 }  // namespace
@@ -255,13 +280,18 @@ void add_op_command(CLI::App& app) {
   auto* policy = op->add_option("--policy", args->policy, "Causal modes: what happens past the trained window L*C")
                      ->check(CLI::IsMember({"strict", "slide", "slide_mean"}))
                      ->capture_default_str();
+  auto* device = op->add_option("--device", args->device,
+                                "noncausal only: cpu, cuda (the GPU, in fp32) or auto (cuda when a GPU is present)")
+                     ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+                     ->capture_default_str();
   op->add_option("--reference", args->reference,
                  "Safetensors file with a reference o: prints ||o - ref||_2 / ||ref||_2 to stdout");
-  op->callback([args, chunk, block, grid, policy] {
+  op->callback([args, chunk, block, grid, policy, device] {
     args->chunk_given = chunk->count() > 0;
     args->block_size_given = block->count() > 0;
     args->grid_given = grid->count() > 0;
     args->policy_given = policy->count() > 0;
+    args->device_given = device->count() > 0;
     run_op(*args);
   });
 }

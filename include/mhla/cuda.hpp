@@ -1,11 +1,14 @@
 #pragma once
-// The CUDA backend of the causal MHLA operator (built when the CUDA toolkit is found).
+// The CUDA backend of the MHLA operators (built when the CUDA toolkit is found).
 //
 // GpuCausalOperator keeps the recurrent state of many sequences on the device in a pool of
 // slots, so sequences come and go without reallocation. Inputs and outputs are device
 // pointers; q/k/v/o use the CPU layout ([tokens][heads][width], row-major), in fp32 or bf16.
-// The state is fp32. This backend covers the unnormalized causal form (what the language
-// models use); the normalized form runs on the CPU backend.
+// The state is fp32. It covers the unnormalized causal form (what the language models use);
+// the normalized causal form runs on the CPU backend.
+//
+// GpuNonCausalOperator is the non-causal form (MHLA.md section 5) with all the options of the
+// CPU's noncausal_forward.
 #include <memory>
 #include <span>
 #include <string>
@@ -69,6 +72,47 @@ public:
   // the operator), so it is ordered with the caller's kernels without synchronization.
   void set_stream(void* stream);
 
+  // Waits for the device work issued so far.
+  void synchronize() const;
+
+  struct Impl;
+
+private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Non-causal MHLA on the device, the same math as noncausal_forward on the CPU (1-D blocks or
+// grid windows, every feature map, rotary, normalized or not, grouped query heads): features,
+// the block summaries S_b = K_b^T V_b, the mixed summaries P = W S (one product over all
+// blocks per key/value head) and O_b = Q_b P_b on cuBLAS. q/k/v in the operator's precision,
+// o in fp32; in bf16 the features and summaries are bf16 too, products accumulate in fp32, and
+// the normalizer's block key sums and their mixture stay fp32. The operator owns its cuBLAS
+// handle and scratch (grown as needed, kept for the next call).
+class GpuNonCausalOperator {
+public:
+  // Throws mhla::Error for invalid options or without a device.
+  GpuNonCausalOperator(NonCausalOptions options, Precision precision);
+  GpuNonCausalOperator(GpuNonCausalOperator&&) noexcept;
+  GpuNonCausalOperator& operator=(GpuNonCausalOperator&&) noexcept;
+  ~GpuNonCausalOperator();
+
+  const NonCausalOptions& options() const;
+  Precision precision() const;
+
+  // Device pointers: q [T][H][dk], k [T][Hkv][dk], v [T][Hkv][dv], o [T][H][dv] (fp32).
+  // `mixing` (host memory) is the M x M matrix of noncausal_forward, used as given. Refuses,
+  // before any work is queued, what the CPU form refuses: a token count that does not split
+  // into whole blocks, a mixing matrix of the wrong size or with non-finite entries, a null
+  // pointer. Returns once the work is queued on the operator's stream.
+  void forward(std::span<const float> mixing, const void* q, const void* k, const void* v, long long tokens,
+               float* o);
+  // The same on fp32 host memory (inputs converted to the operator's precision on the device);
+  // returns when o holds the result.
+  void forward_host(std::span<const float> mixing, const float* q, const float* k, const float* v,
+                    long long tokens, float* o);
+
+  // From now on the work goes to the caller's stream (a cudaStream_t that outlives the operator).
+  void set_stream(void* stream);
   // Waits for the device work issued so far.
   void synchronize() const;
 

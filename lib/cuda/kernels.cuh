@@ -116,4 +116,20 @@ struct CloseBlockArgs {
 // the device, so the launch's shape depends only on max_count.
 void close_blocks(const CloseBlockArgs& a, cudaStream_t s);
 
+// Rows of `width` elements picked by index: out[r] = in[from[r]] for r < rows (non-causal grid
+// windows into block order and back).
+template <class T>
+void gather_rows(const T* in, T* out, const long long* from, long long rows, long long width, cudaStream_t s);
+
+// The non-causal normalizer: row r, head h of o ([rows][heads][dv], block r / C) is divided by
+// qd(r, h) . zmix(kv head of h, block) + eps, with qd [rows][heads][dk] and zmix
+// [kv_heads][blocks][dk] (fp32).
+struct NormalizeArgs {
+  long long rows = 0;
+  int heads = 0, kv_heads = 0, dk = 0, dv = 0, C = 0, blocks = 0;
+  float eps = 0;
+};
+template <class T>
+void normalize_rows(float* o, const T* qd, const float* zmix, const NormalizeArgs& a, cudaStream_t s);
+
 }  // namespace mhla::cuda

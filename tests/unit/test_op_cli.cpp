@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "mhla/device.hpp"
 #include "mhla/safetensors.hpp"
 #include "support/cli.hpp"
 #include "support/reference.hpp"
@@ -218,6 +219,33 @@ TEST_CASE("mhla op noncausal runs with 1-D blocks and with grid windows", "[op-c
                              test::reference_noncausal(opt, p.mixing, p.q, p.k, p.v, p.tokens)) < 1e-5);
 }
 
+TEST_CASE("mhla op noncausal --device: cpu and auto match the reference, cuda needs a GPU", "[op-cli]") {
+  TempDir dir;
+  const HeadLayout layout{4, 2, 6, 5};
+  Problem p = random_problem(layout, 24, 6, 19);
+  for (auto& w : p.mixing) w = std::fabs(w);  // used as given: keep the normalizer positive
+  const std::string in = dir.file("in.safetensors");
+  write_problem(in, p);
+  NonCausalOptions opt;
+  opt.layout = layout;
+  opt.block_size = 4;
+  opt.rotary = true;
+  const auto ref = test::reference_noncausal(opt, p.mixing, p.q, p.k, p.v, p.tokens);
+  const std::string gpu = cuda_available() ? "cuda" : "cpu";
+  for (const std::string device : {"cpu", "auto", "cuda"}) {
+    INFO(device);
+    const std::string out = dir.file(device + ".safetensors");
+    const auto r = run_cli(dir, op_args(in, out, "noncausal", "--block-size 4 --rotary --device " + device));
+    if (device == "cuda" && !cuda_available()) {
+      check_error(r, out, "CUDA");
+      continue;
+    }
+    check_summary(r, "noncausal", false);
+    CHECK_THAT(r.err, Catch::Contains("device=" + (device == "cpu" ? std::string("cpu") : gpu)));
+    CHECK(test::relative_error(read_output(out, p), ref) < 1e-5);
+  }
+}
+
 TEST_CASE("mhla op options reach the operator", "[op-cli]") {
   TempDir dir;
   const HeadLayout layout{2, 1, 4, 3};
@@ -266,7 +294,7 @@ TEST_CASE("mhla op --help documents every flag", "[op-cli]") {
   CHECK(r.status == 0);
   for (const char* flag : {"--input", "--output", "--mode", "--chunk", "--block-size", "--grid", "--window",
                            "--feature-map", "--rotary", "--rotary-base", "--scale", "--normalize", "--eps", "--policy",
-                           "--reference", "causal-parallel", "causal-chunked", "causal-recurrent", "noncausal",
+                           "--reference", "--device", "causal-parallel", "causal-chunked", "causal-recurrent", "noncausal",
                            "slide_mean", "relu_eps", "no scale"})
     CHECK_THAT(r.out, Catch::Contains(flag));
 }
@@ -385,6 +413,8 @@ TEST_CASE("mhla op rejects flags that do not fit the mode or the input with one 
       {"noncausal", "--grid 2,4", "--window"},
       {"noncausal", "--window 2", "--grid"},
       {"noncausal", "--block-size 4 --policy slide", "--policy"},
+      {"noncausal", "--block-size 4 --device tpu", "tpu"},
+      {"causal-parallel", "--device cpu", "--device applies only"},
       {"causal-parallel", "--grid 2,4 --window 2", "noncausal"},
       {"causal-parallel", "--rotary-base 100", "--rotary"},
       // 8 tokens past the trained window of 2 blocks of 2 under the strict policy.
