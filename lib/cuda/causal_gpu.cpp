@@ -74,16 +74,18 @@ struct GpuCausalOperator::Impl {
   cudaStream_t stream = nullptr;  // own_stream, or the caller's
 
   // Scratch, grown as needed.
-  DeviceBuffer<char> qf, kf, S, P, scores, eprev, vtail;
+  DeviceBuffer<char> qf, kf, S, P, scores, vtail;
   DeviceBuffer<float> tsum;
+  DeviceBuffer<const void*> pointers;
   DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
-  // The weights a prefill of M blocks uses, built once per M: the band of each tile (its own
-  // blocks and the tile before), the diagonal and far-tail weight of every block, and ones
-  // for tile sums.
+  // The weights a prefill of M blocks uses, built once per M: the band of each tile (one copy
+  // per key/value head), with a row per block [W(i, tile t-1) | 0 | W(i, tile t) | w_far(i)]
+  // against [S_(t-1); E_(t-1); S_t; E_t] (zeros against the regions' padding), and the diagonal
+  // weights.
   struct PrefillTables {
-    DeviceBuffer<char> band, ones, tail_t;  // tail_t: the far-tail weights in the storage type
-    DeviceBuffer<float> tail_w;             // the same in fp32, for the fused output pass
+    DeviceBuffer<char> band;
+    int band_ld = 0;
     DeviceBuffer<float> diag;
   };
   std::map<long long, PrefillTables> table_cache;
@@ -132,6 +134,9 @@ struct GpuCausalOperator::Impl {
     if (own_stream) cudaStreamDestroy(own_stream);
   }
 
+  // Matrices per region of the prefill's summaries: a tile, its far sum, zeros to a multiple of 4.
+  int region_blocks() const { return (tile_blocks + 1 + 3) / 4 * 4; }
+
   SlotMeta& slot(int s) {
     if (s < 0 || s >= static_cast<int>(meta.size()) || !meta[s].used)
       throw Error(fmt::format("state slot {} is not in use", s));
@@ -153,6 +158,9 @@ struct GpuCausalOperator::Impl {
 
   template <class T>
   void prefill(int s, const T* q, const T* k, const T* v, long long tokens, float* o);
+  template <class T>
+  void output_by_products(const T* Qf, const T* Kf, const T* v, const T* v_tail, const T* Pall, long long p_stride,
+                          const float* diag, long long tokens, float* o);
   // A decode step in two halves: the host's bookkeeping and the step's tables (prepare), then
   // the copy of the tables and the kernels (launch), whose shapes depend only on the batch
   // size, so a CUDA graph can capture the launch and replay it after each prepare.
@@ -165,35 +173,30 @@ template <class T>
 const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(long long M) {
   if (auto it = table_cache.find(M); it != table_cache.end()) return it->second;
   if (table_cache.size() >= 16) table_cache.clear();  // bounded: a server sees many lengths
-  const int TT = tile_blocks;
+  const int TT = tile_blocks, R = region_blocks(), ld = 2 * R, Hkv = opt.layout.kv_heads;
   const int nt = static_cast<int>((M + TT - 1) / TT);
-  std::vector<T> band(static_cast<size_t>(nt) * TT * 2 * TT, host_cast<T>(0.0f)), one(TT, host_cast<T>(1.0f));
-  std::vector<float> dg(M), wt(M, 0.0f);
+  const size_t per_head = static_cast<size_t>(nt) * TT * ld;
+  std::vector<T> band(per_head * Hkv, host_cast<T>(0.0f));
+  std::vector<float> dg(M);
   for (long long i = 0; i < M; ++i) {
     const int t = static_cast<int>(i / TT), ii = static_cast<int>(i % TT);
     dg[i] = static_cast<float>(effective_weight(weights, opt.policy, i, i));
-    if (t >= 2) wt[i] = static_cast<float>(effective_weight(weights, opt.policy, i, 0));
+    T* row = band.data() + (static_cast<size_t>(t) * TT + ii) * ld;
     for (int jj = 0; jj < 2 * TT; ++jj) {
       const long long b = static_cast<long long>(t - 1) * TT + jj;
       if (b >= 0 && b < i)
-        band[(static_cast<size_t>(t) * TT + ii) * 2 * TT + jj] =
+        row[jj < TT ? jj : R + jj - TT] =
             host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, b)));
     }
+    if (t >= 2) row[R + TT] = host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, 0)));
   }
+  for (int g = 1; g < Hkv; ++g) std::copy_n(band.begin(), per_head, band.begin() + static_cast<long long>(g * per_head));
   PrefillTables& tab = table_cache[M];
-  auto copy = [&](DeviceBuffer<char>& dst, const void* src, size_t bytes) {
-    dst.resize(bytes);
-    MHLA_CUDA_CHECK(cudaMemcpy(dst.data(), src, bytes, cudaMemcpyHostToDevice));
-  };
-  copy(tab.band, band.data(), band.size() * sizeof(T));
-  copy(tab.ones, one.data(), one.size() * sizeof(T));
+  tab.band_ld = ld;
+  tab.band.resize(band.size() * sizeof(T));
+  MHLA_CUDA_CHECK(cudaMemcpy(tab.band.data(), band.data(), band.size() * sizeof(T), cudaMemcpyHostToDevice));
   tab.diag.resize(dg.size());
   MHLA_CUDA_CHECK(cudaMemcpy(tab.diag.data(), dg.data(), dg.size() * sizeof(float), cudaMemcpyHostToDevice));
-  std::vector<T> wt_t(static_cast<size_t>(nt) * TT, host_cast<T>(0.0f));  // whole tiles
-  for (size_t i = 0; i < wt.size(); ++i) wt_t[i] = host_cast<T>(wt[i]);
-  copy(tab.tail_t, wt_t.data(), wt_t.size() * sizeof(T));
-  tab.tail_w.resize(wt.size());
-  MHLA_CUDA_CHECK(cudaMemcpy(tab.tail_w.data(), wt.data(), wt.size() * sizeof(float), cudaMemcpyHostToDevice));
   return tab;
 }
 
@@ -205,21 +208,22 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   check_window(0, T_);
   if (T_ <= 0) return;
   const auto& L = opt.layout;
-  const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv, C = opt.block_size;
-  const int TT = tile_blocks;
+  const int H = L.heads, Hkv = L.kv_heads, dk = L.dk, dv = L.dv, C = opt.block_size;
+  const int TT = tile_blocks, R = region_blocks();
   const long long M = (T_ + C - 1) / C, Mf = T_ / C, rem = T_ - Mf * C;
   const int nt = static_cast<int>((M + TT - 1) / TT);
   const auto dt = dtype();
+  const size_t el = sizeof(T);
 
-  // Features, padded to whole blocks with zero rows (the fused output pass reads whole blocks).
+  // Features, padded to whole blocks with zero rows (the products read whole blocks).
   const long long padded = M * C;
-  qf.resize(padded * H * dk * sizeof(T));
-  kf.resize(padded * Hkv * dk * sizeof(T));
+  qf.resize(padded * H * dk * el);
+  kf.resize(padded * Hkv * dk * el);
   T* Qf = reinterpret_cast<T*>(qf.data());
   T* Kf = reinterpret_cast<T*>(kf.data());
   if (padded > T_) {
-    MHLA_CUDA_CHECK(cudaMemsetAsync(Qf + T_ * H * dk, 0, (padded - T_) * H * dk * sizeof(T), stream));
-    MHLA_CUDA_CHECK(cudaMemsetAsync(Kf + T_ * Hkv * dk, 0, (padded - T_) * Hkv * dk * sizeof(T), stream));
+    MHLA_CUDA_CHECK(cudaMemsetAsync(Qf + T_ * H * dk, 0, (padded - T_) * H * dk * el, stream));
+    MHLA_CUDA_CHECK(cudaMemsetAsync(Kf + T_ * Hkv * dk, 0, (padded - T_) * Hkv * dk * el, stream));
   }
   FeatureArgs fa{T_, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, 0, nullptr,
                  theta.data()};
@@ -227,151 +231,138 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   fa.heads = Hkv;
   fa.scale = 1.0f;
   features(k, Kf, fa, stream);
+  // The last block's values padded with zero rows, so that it too is a whole block.
+  const T* v_tail = nullptr;
+  if (rem > 0) {
+    vtail.resize(static_cast<size_t>(C) * Hkv * dv * el);
+    MHLA_CUDA_CHECK(cudaMemsetAsync(vtail.data(), 0, static_cast<size_t>(C) * Hkv * dv * el, stream));
+    MHLA_CUDA_CHECK(cudaMemcpyAsync(vtail.data(), v + Mf * C * Hkv * dv, rem * Hkv * dv * el,
+                                    cudaMemcpyDeviceToDevice, stream));
+    v_tail = reinterpret_cast<const T*>(vtail.data());
+  }
 
   const PrefillTables& tab = tables<T>(M);
-
-  // Block summaries, one leading tile of zeros so every tile's band starts in bounds.
-  const long long s_blocks = static_cast<long long>(nt + 1) * TT;
-  S.resize(Hkv * s_blocks * me * sizeof(T));
-  P.resize(Hkv * static_cast<long long>(nt) * TT * me * sizeof(T));
-  MHLA_CUDA_CHECK(cudaMemsetAsync(S.data(), 0, Hkv * s_blocks * me * sizeof(T), stream));
+  const PrefillLayout lay{Hkv, dk, dv, C, M, nt, TT, R, me};
+  // Summaries: a leading region of zeros, then each head's tiles (PrefillLayout). The blocks past
+  // M in each head's last tile are zeroed too: the band product reads them with zero weights.
+  S.resize((1 + static_cast<size_t>(Hkv) * nt) * R * me * el);
+  P.resize(static_cast<size_t>(Hkv) * nt * TT * me * el);
   T* Sall = reinterpret_cast<T*>(S.data());
   T* Pall = reinterpret_cast<T*>(P.data());
-  // Far blocks (two tiles back and more) enter as one sum per tile: needed once there are
-  // three tiles, and for the final state's tail once it spans a whole tile.
-  const bool need_tail = nt > 2;
-  const long long last = M - 1;
-  const int recent = static_cast<int>(std::min<long long>(last, capacity));
-  const int tail_tiles = static_cast<int>((last - recent) / TT);
-  const bool need_sums = need_tail || tail_tiles > 0;
-  if (need_sums) tsum.resize(static_cast<size_t>(nt) * me);
-  // E per kv head and tile: the summed summaries two tiles back and more.
-  if (need_tail) eprev.resize(static_cast<size_t>(Hkv) * nt * me * sizeof(T));
-  T* Eall = reinterpret_cast<T*>(eprev.data());
-  // The output pass: one fused tensor-core kernel for bf16 where it covers the shape, else
-  // per-head cuBLAS products (Q P, then the masked triangle).
+  MHLA_CUDA_CHECK(cudaMemsetAsync(Sall, 0, R * me * el, stream));
+  if (R > TT + 1)
+    MHLA_CUDA_CHECK(cudaMemset2DAsync(Sall + (R + TT + 1) * me, R * me * el, 0, (R - TT - 1) * me * el,
+                                      static_cast<size_t>(Hkv) * nt, stream));
+  if (const long long past = static_cast<long long>(nt) * TT - M; past > 0)
+    MHLA_CUDA_CHECK(cudaMemset2DAsync(Sall + (static_cast<long long>(nt) * R + M - (nt - 1LL) * TT) * me,
+                                      static_cast<size_t>(nt) * R * me * el, 0, past * me * el, Hkv, stream));
+
+  // Whole tiles enter as sums, K_tile^T V_tile in fp32: the far sums E (tiles two back and
+  // more) and the final state's tail, whose blocks past its whole tiles are one more such sum.
+  const long long last = M - 1, tail_end = std::max(0LL, last - capacity);
+  const int recent = static_cast<int>(last - tail_end);
+  const int tail_tiles = static_cast<int>(tail_end / TT);
+  const int sum_tiles = std::max(nt - 2, tail_tiles);
+  const long long loose_from = static_cast<long long>(tail_tiles) * TT, loose_blocks = tail_end - loose_from;
+  tsum.resize((static_cast<size_t>(sum_tiles) + 1) * Hkv * me);
+  float* loose = tsum.data() + static_cast<size_t>(sum_tiles) * Hkv * me;
+  pointers.resize(3 * static_cast<size_t>(Hkv) * (M + sum_tiles + 1));
+  prefill_pointers(PrefillPointerArgs<T>{lay, Kf, v, v_tail, Sall, tsum.data(), sum_tiles, loose_from, loose_blocks,
+                                         loose, pointers.data()},
+                   stream);
+  const void* const* sp = pointers.data();
+  const long long nS = static_cast<long long>(Hkv) * M;
+  const RowMajorGemm summaries{true, false, dk, dv, C, nullptr, Hkv * dk, 0, nullptr, Hkv * dv, 0, nullptr, dv, 0,
+                               static_cast<int>(nS)};
+  gemm_pointers(blas, summaries, sp, sp + nS, const_cast<void* const*>(sp + 2 * nS), dt, dt);
+  if (sum_tiles > 0) {
+    const void* const* tp = sp + 3 * nS;
+    const int nT = Hkv * sum_tiles;
+    const RowMajorGemm sums{true, false, dk, dv, C * TT, nullptr, Hkv * dk, 0, nullptr, Hkv * dv, 0, nullptr, dv, 0, nT};
+    gemm_pointers(blas, sums, tp, tp + nT, const_cast<void* const*>(tp + 2 * nT), dt, CUDA_R_32F);
+  }
+  if (loose_blocks > 0) {
+    const void* const* lp = sp + 3 * (nS + static_cast<long long>(Hkv) * sum_tiles);
+    const RowMajorGemm sum{true, false, dk, dv, static_cast<int>(loose_blocks * C), nullptr, Hkv * dk, 0, nullptr,
+                           Hkv * dv, 0, nullptr, dv, 0, Hkv};
+    gemm_pointers(blas, sum, lp, lp + Hkv, const_cast<void* const*>(lp + 2 * Hkv), dt, CUDA_R_32F);
+  }
+  far_sums(tsum.data(), sum_tiles, Sall, lay, stream);
+
+  // Mixed prefixes of every tile of every head in one product: P = band x [S_(t-1); E_(t-1);
+  // S_t; E_t] (the band's table repeats per head, so one stride covers them all).
+  const long long p_stride = static_cast<long long>(nt) * TT * me;
+  const RowMajorGemm band{false, false, TT, static_cast<int>(me), 2 * R, tab.band.data(), tab.band_ld,
+                          static_cast<long long>(TT) * tab.band_ld, Sall, me, R * me, Pall, me, TT * me, Hkv * nt};
+  gemm(blas, band, dt, dt);
+
+  // The output: one fused tensor-core pass for bf16 where it covers the shape, else per-head
+  // cuBLAS products (Q P, then the masked triangle).
   IntraBlockArgs ib;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    if (rem > 0) {
-      vtail.resize(static_cast<size_t>(C) * Hkv * dv * sizeof(T));
-      MHLA_CUDA_CHECK(cudaMemsetAsync(vtail.data(), 0, static_cast<size_t>(C) * Hkv * dv * sizeof(T), stream));
-      MHLA_CUDA_CHECK(cudaMemcpyAsync(vtail.data(), v + Mf * C * Hkv * dv, rem * Hkv * dv * sizeof(T),
-                                      cudaMemcpyDeviceToDevice, stream));
-    }
-    ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v,
-                        rem > 0 ? reinterpret_cast<const T*>(vtail.data()) : v, Pall,
-                        static_cast<long long>(nt) * TT * me, tab.diag.data(), need_tail ? Eall : nullptr, nt,
-                        tab.tail_w.data(), TT, o};
-  }
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v, v_tail ? v_tail : v, Pall,
+                        p_stride, tab.diag.data(), o};
   const bool fused = intra_block_usable(ib);
-  if (!fused) scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
-  T* Sc = reinterpret_cast<T*>(scores.data());
-
-  for (int g = 0; g < Hkv; ++g) {
-    T* Sg = Sall + g * s_blocks * me;
-    T* Sb0 = Sg + TT * me;  // block 0
-    T* Pg = Pall + g * static_cast<long long>(nt) * TT * me;
-    RowMajorGemm sg{true, false, dk, dv, C, Kf + g * dk, Hkv * dk, static_cast<long long>(C) * Hkv * dk,
-                    v + g * dv, Hkv * dv, static_cast<long long>(C) * Hkv * dv, Sb0, dv, me, static_cast<int>(Mf)};
-    gemm(blas, sg, dt, dt);
-    if (rem > 0) {
-      sg.k = static_cast<int>(rem);
-      sg.a = Kf + (Mf * C * Hkv + g) * dk;
-      sg.b = v + (Mf * C * Hkv + g) * dv;
-      sg.c = Sb0 + Mf * me;
-      sg.batch = 1;
-      gemm(blas, sg, dt, dt);
-    }
-    const RowMajorGemm bandg{false, false, TT, static_cast<int>(me), 2 * TT, tab.band.data(), 2 * TT,
-                             static_cast<long long>(TT) * 2 * TT, Sg, me, TT * me, Pg, me, TT * me, nt};
-    gemm(blas, bandg, dt, dt);
-    if (need_sums) {
-      const RowMajorGemm sums{false, false, 1, static_cast<int>(me), TT, tab.ones.data(), TT, 0, Sb0, me, TT * me,
-                              tsum.data(), me, me, nt};
-      gemm(blas, sums, dt, CUDA_R_32F);
-    }
-    T* Eg = Eall + static_cast<long long>(g) * nt * me;
-    if (need_tail) {
-      // Far blocks (two tiles back and more) enter as one running sum per tile, E: the fused
-      // output pass adds w_far Q E itself; otherwise P[i] += w_far(i) E[t(i)], a rank-one
-      // product per tile.
-      tile_prefix_skip_one(tsum.data(), Eg, nt, me, stream);
-      if (!fused) {
-        const RowMajorGemm far{false, false, TT, static_cast<int>(me), 1,
-                               reinterpret_cast<const T*>(tab.tail_t.data()) + 2LL * TT, 1, TT, Eg + 2 * me, me, me,
-                               Pg + 2LL * TT * me, me, TT * me, nt - 2, 1.0f, 1.0f};
-        gemm(blas, far, dt, dt);
-      }
-    }
-
-    for (int h = g * G; h < (g + 1) * G && !fused; ++h) {
-      // o = Q P for every block.
-      RowMajorGemm qp{false, false, C, dv, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Pg, dv, me,
-                      o + h * dv, H * dv, static_cast<long long>(C) * H * dv, static_cast<int>(Mf)};
-      gemm(blas, qp, dt, CUDA_R_32F);
-      // Intra-block triangle: scores = Q K^T, masked and weighted, then o += scores V.
-      RowMajorGemm qk{false, true, C, C, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Kf + g * dk,
-                      Hkv * dk, static_cast<long long>(C) * Hkv * dk, Sc, C, static_cast<long long>(C) * C,
-                      static_cast<int>(Mf)};
-      gemm(blas, qk, dt, dt);
-      RowMajorGemm sv{false, false, C, dv, C, Sc, C, static_cast<long long>(C) * C, v + g * dv, Hkv * dv,
-                      static_cast<long long>(C) * Hkv * dv, o + h * dv, H * dv, static_cast<long long>(C) * H * dv,
-                      static_cast<int>(Mf), 1.0f, 1.0f};
-      if (rem > 0) {
-        const long long r0 = Mf * C;
-        RowMajorGemm lqp = qp;
-        lqp.m = static_cast<int>(rem);
-        lqp.a = Qf + r0 * H * dk + h * dk;
-        lqp.b = Pg + Mf * me;
-        lqp.c = o + r0 * H * dv + h * dv;
-        lqp.batch = 1;
-        gemm(blas, lqp, dt, CUDA_R_32F);
-        RowMajorGemm lqk = qk;
-        lqk.m = lqk.n = static_cast<int>(rem);
-        lqk.a = lqp.a;
-        lqk.b = Kf + r0 * Hkv * dk + g * dk;
-        lqk.c = Sc + Mf * C * C;
-        lqk.batch = 1;
-        gemm(blas, lqk, dt, dt);
-      }
-      mask_scale_triangle(Sc, static_cast<int>(M), C, tab.diag.data(), stream);
-      gemm(blas, sv, dt, CUDA_R_32F);
-      if (rem > 0) {
-        const long long r0 = Mf * C;
-        RowMajorGemm lsv = sv;
-        lsv.m = lsv.k = static_cast<int>(rem);
-        lsv.a = Sc + Mf * C * C;
-        lsv.b = v + r0 * Hkv * dv + g * dv;
-        lsv.c = o + r0 * H * dv + h * dv;
-        lsv.batch = 1;
-        gemm(blas, lsv, dt, CUDA_R_32F);
-      }
-    }
-
-    // The final state: P and A of the last block, the newest summaries one by one, the rest in
-    // the tail (whole tiles from their sums).
-    convert(Pg + last * me, matrix(s, CausalState::kPrefix, g), me, stream);
-    if (fused && need_tail && last / TT >= 2)
-      sum_matrices(Eg + (last / TT) * me, me, 1, me, effective_weight(weights, opt.policy, last, 0),
-                   matrix(s, CausalState::kPrefix, g), true, stream);
-    convert(Sb0 + last * me, matrix(s, CausalState::kRunning, g), me, stream);
-    // Ring index 0 holds the oldest kept summary: blocks last-recent .. last-1 in order.
-    convert_strided(Sb0 + (last - recent) * me, me, matrix(s, CausalState::kFirstRecent, g),
-                    static_cast<long long>(L.kv_heads) * me, recent, me, stream);
-    float* tail = matrix(s, CausalState::kTail, g);
-    sum_matrices(tsum.data(), me, tail_tiles, me, 1.0f, tail, false, stream);
-    sum_matrices(Sb0 + static_cast<long long>(tail_tiles) * TT * me, me,
-                 static_cast<int>(last - recent - static_cast<long long>(tail_tiles) * TT), me, 1.0f, tail, true, stream);
-
-  }
-
   if (fused) intra_block(ib, stream);
+  if (!fused) output_by_products(Qf, Kf, v, v_tail, Pall, p_stride, tab.diag.data(), T_, o);
+
+  const FinalStateArgs<T> fs{lay, Sall, Pall, tsum.data(), sum_tiles, tail_tiles, recent, last, tail_end,
+                             loose_blocks > 0 ? loose : nullptr, matrix(s, 0, 0), CausalState::kPrefix,
+                             CausalState::kRunning, CausalState::kTail, CausalState::kFirstRecent};
+  final_state(fs, stream);
 
   m.position = T_;
   m.folded = last;
   m.recent = recent;
-  m.tail = last - recent;
+  m.tail = tail_end;
   m.oldest = 0;
+}
+
+template <class T>
+void GpuCausalOperator::Impl::output_by_products(const T* Qf, const T* Kf, const T* v, const T* v_tail, const T* Pall,
+                                                 long long p_stride, const float* diag, long long T_, float* o) {
+  const auto& L = opt.layout;
+  const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv, C = opt.block_size;
+  const long long M = (T_ + C - 1) / C;
+  const auto dt = dtype();
+  scores.resize(static_cast<size_t>(M) * C * C * sizeof(T));
+  T* Sc = reinterpret_cast<T*>(scores.data());
+  const long long Mf = T_ / C, rem = T_ - Mf * C, r0 = Mf * C;
+  for (int h = 0; h < H; ++h) {
+    const int g = h / G;
+    const T* Pg = Pall + g * p_stride;
+    // o = Q P for every whole block, then the last block's rows.
+    RowMajorGemm qp{false, false, C, dv, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Pg, dv, me,
+                    o + h * dv, H * dv, static_cast<long long>(C) * H * dv, static_cast<int>(Mf)};
+    gemm(blas, qp, dt, CUDA_R_32F);
+    if (rem > 0) {
+      qp.m = static_cast<int>(rem);
+      qp.a = Qf + r0 * H * dk + h * dk;
+      qp.b = Pg + Mf * me;
+      qp.c = o + r0 * H * dv + h * dv;
+      qp.batch = 1;
+      gemm(blas, qp, dt, CUDA_R_32F);
+    }
+    // Intra-block triangle: scores = Q K^T of every block (zero rows and columns past T), masked
+    // and weighted, then o += scores V.
+    const RowMajorGemm qk{false, true, C, C, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk, Kf + g * dk,
+                          Hkv * dk, static_cast<long long>(C) * Hkv * dk, Sc, C, static_cast<long long>(C) * C,
+                          static_cast<int>(M)};
+    gemm(blas, qk, dt, dt);
+    mask_scale_triangle(Sc, static_cast<int>(M), C, diag, stream);
+    RowMajorGemm sv{false, false, C, dv, C, Sc, C, static_cast<long long>(C) * C, v + g * dv, Hkv * dv,
+                    static_cast<long long>(C) * Hkv * dv, o + h * dv, H * dv, static_cast<long long>(C) * H * dv,
+                    static_cast<int>(Mf), 1.0f, 1.0f};
+    gemm(blas, sv, dt, CUDA_R_32F);
+    if (rem > 0) {
+      sv.m = static_cast<int>(rem);
+      sv.a = Sc + Mf * C * C;
+      sv.b = v_tail + g * dv;
+      sv.c = o + r0 * H * dv + h * dv;
+      sv.batch = 1;
+      gemm(blas, sv, dt, CUDA_R_32F);
+    }
+  }
 }
 
 void GpuCausalOperator::Impl::decode_prepare(std::span<const int> slots) {

@@ -1,8 +1,9 @@
 // The output of the whole-sequence prefill in one pass on the tensor cores (bf16 inputs, fp32
 // accumulation): per block b and head h,
-//   o_b = Q_b (P_b + w_far(b) E_t(b)) + W[b][b] tril(Q_b K_b^T) V_b,
-// written once. A block's Q, K, scores, and a column slice of P (or E) and V are staged in
-// shared memory with asynchronous 16-byte copies; each warp then owns a few 16 x 16 tiles.
+//   o_b = Q_b P_b + W[b][b] tril(Q_b K_b^T) V_b,
+// written once. One thread block per output column slice of a block and head: it issues all of
+// its 16-byte asynchronous copies at once (Q and K first, then the slices of P and V, which land
+// while the scores are computed); each warp then owns a few 16 x 16 output tiles.
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
@@ -24,9 +25,9 @@ using RowB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major>;
 using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
 
 constexpr int kWarps = 8;
-constexpr int kSlice = 128;   // output columns per pass
+constexpr int kSlice = 128;   // output columns per thread block
 constexpr int kPad = 8;       // bf16 elements of padding per shared row (bank spread, 16-byte rows)
-constexpr int kTiles = 4;     // output tiles per warp and slice (2 x 2, or 1 x 4 when C = 16)
+constexpr int kTiles = 4;     // output tiles per warp (2 x 2, or 1 x 4 when C = 16)
 
 __host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
 
@@ -35,17 +36,17 @@ struct Layout {
   size_t q, k, s, v, p, stage, total;
   __host__ __device__ Layout(int C, int dk) {
     const size_t qk = align128(static_cast<size_t>(C) * (dk + kPad) * sizeof(Bf16));
-    const size_t v_bytes = static_cast<size_t>(C) * (kSlice + kPad) * sizeof(Bf16);
-    const size_t scores = static_cast<size_t>(C) * (C + 4) * sizeof(float);  // fp32, in the V region
     q = 0;
     k = q + qk;
     s = k + qk;
     v = s + align128(static_cast<size_t>(C) * (C + kPad) * sizeof(Bf16));
-    p = v + align128(v_bytes > scores ? v_bytes : scores);
+    p = v + align128(static_cast<size_t>(C) * (kSlice + kPad) * sizeof(Bf16));
     stage = p + align128(static_cast<size_t>(dk) * (kSlice + kPad) * sizeof(Bf16));
     total = stage + kWarps * 16 * 16 * sizeof(float);
   }
 };
+
+int slices_of(int dv) { return (dv + kSlice - 1) / kSlice; }
 
 // rows x cols (cols a multiple of 8) from global (row stride ld) to shared (row stride lds).
 __device__ void stage_tile(Bf16* dst, int lds, const Bf16* src, long long ld, int rows, int cols) {
@@ -56,18 +57,14 @@ __device__ void stage_tile(Bf16* dst, int lds, const Bf16* src, long long ld, in
   }
 }
 
-__device__ void wait_staged() {
-  __pipeline_commit();
-  __pipeline_wait_prior(0);
-  __syncthreads();
-}
-
 // TR: rows of output tiles per warp block (2, or 1 when C = 16); TC = kTiles / TR columns.
 template <int TR>
 __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs a) {
   constexpr int TC = kTiles / TR;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int b = blockIdx.x, h = blockIdx.y, C = a.C, dk = a.dk;
+  const int slices = (a.dv + kSlice - 1) / kSlice;
+  const int b = static_cast<int>(blockIdx.x / slices), c0 = static_cast<int>(blockIdx.x % slices) * kSlice;
+  const int h = blockIdx.y, C = a.C, dk = a.dk;
   const int g = h / (a.heads / a.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int RT = C / 16;
@@ -76,10 +73,9 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   Bf16* ks = reinterpret_cast<Bf16*>(smem + lay.k);
   Bf16* sb = reinterpret_cast<Bf16*>(smem + lay.s);
   Bf16* vs = reinterpret_cast<Bf16*>(smem + lay.v);
-  float* sf = reinterpret_cast<float*>(smem + lay.v);
   Bf16* ps = reinterpret_cast<Bf16*>(smem + lay.p);
   float* stage = reinterpret_cast<float*>(smem + lay.stage) + warp * 256;
-  const int ldq = dk + kPad, lds = C + kPad, ldv = kSlice + kPad, ldf = C + 4;
+  const int ldq = dk + kPad, lds = C + kPad, ldv = kSlice + kPad;
 
   const long long row0 = static_cast<long long>(b) * C;
   const long long qld = static_cast<long long>(a.heads) * dk, kld = static_cast<long long>(a.kv_heads) * dk;
@@ -87,15 +83,20 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   const bool partial = row0 + C > a.tokens;
   const Bf16* vb = (partial ? a.v_tail : a.v + row0 * vld) + static_cast<long long>(g) * a.dv;
   const Bf16* pb = a.p + g * a.p_stride + static_cast<long long>(b) * dk * a.dv;
-  const int tile = b / a.tile_blocks;
-  const bool far = a.far && tile >= 2;
-  const Bf16* eb = far ? a.far + (static_cast<long long>(g) * a.far_stride + tile) * dk * a.dv : nullptr;
+  const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16;
 
   stage_tile(qs, ldq, a.q + row0 * qld + static_cast<long long>(h) * dk, qld, C, dk);
   stage_tile(ks, ldq, a.k + row0 * kld + static_cast<long long>(g) * dk, kld, C, dk);
-  wait_staged();
+  __pipeline_commit();
+  stage_tile(ps, ldv, pb + c0, a.dv, dk, cw);
+  stage_tile(vs, ldv, vb + c0, vld, C, cw);
+  __pipeline_commit();
+  __pipeline_wait_prior(1);
+  __syncthreads();
 
-  // Scores Q K^T (tiles above the diagonal are masked away), then masked, weighted, bf16.
+  // Scores Q K^T on and below the diagonal, masked and weighted into bf16 through the warp's
+  // stage (tiles above the diagonal are never read).
+  const float w = a.diag[b];
   for (int f = warp; f < RT * RT; f += kWarps) {
     const int r = f / RT, c = f % RT;
     if (c > r) continue;
@@ -108,95 +109,70 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
       wmma::load_matrix_sync(fb, ks + c * 16 * ldq + kk, ldq);
       wmma::mma_sync(acc, fa, fb, acc);
     }
-    wmma::store_matrix_sync(sf + r * 16 * ldf + c * 16, acc, ldf, wmma::mem_row_major);
+    wmma::store_matrix_sync(stage, acc, 16, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int rr = r * 16 + e / 16, cc = c * 16 + e % 16;
+      sb[rr * lds + cc] = __float2bfloat16(cc > rr ? 0.0f : stage[e] * w);
+    }
+    __syncwarp();
   }
-  __syncthreads();
-  const float w = a.diag[b];
-  for (int i = threadIdx.x; i < C * C; i += blockDim.x) {
-    const int r = i / C, c = i % C;
-    sb[r * lds + c] = __float2bfloat16(c > r ? 0.0f : sf[r * ldf + c] * w);
-  }
+  __pipeline_wait_prior(0);
   __syncthreads();
 
-  // Each warp owns a block of TR x TC output tiles of a slice: A fragments are reused across its
-  // columns and B fragments across its rows.
-  const float wfar = far ? a.far_weight[b] : 0.0f;
-  for (int c0 = 0; c0 < a.dv; c0 += kSlice) {
-    const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16;
-    const int col_blocks = (CTW + TC - 1) / TC, blocks = (RT / TR) * col_blocks;
-    stage_tile(ps, ldv, pb + c0, a.dv, dk, cw);
-    stage_tile(vs, ldv, vb + c0, vld, C, cw);
-    wait_staged();
-    // One block per warp in the shapes that matter (C = 64, 128-column slices); more if fewer warps.
-    Acc acc[kTiles];
-    int rt0 = 0, ct0 = 0;
-    const bool busy = warp < blocks;
-    if (busy) {
-      rt0 = (warp / col_blocks) * TR;
-      ct0 = (warp % col_blocks) * TC;
-    }
-    auto product = [&](const Bf16* as, int lda, const Bf16* bs, int ldb, int k_tiles, float a_scale, bool triangle) {
-      for (int kk = 0; kk < k_tiles; ++kk) {
-        RowA fa[TR];
-        RowB fb[TC];
+  // Each warp owns a block of TR x TC output tiles: A fragments are reused across its columns
+  // and B fragments across its rows. One block per warp in the shapes that matter (C = 64,
+  // 128-column slices); some warps idle in smaller ones.
+  const int col_blocks = (CTW + TC - 1) / TC, blocks = (RT / TR) * col_blocks;
+  if (warp >= blocks) return;
+  const int rt0 = (warp / col_blocks) * TR, ct0 = (warp % col_blocks) * TC;
+  Acc acc[kTiles];
 #pragma unroll
-        for (int i = 0; i < TR; ++i) {
-          wmma::load_matrix_sync(fa[i], as + (rt0 + i) * 16 * lda + kk * 16, lda);
-          if (a_scale != 1.0f)
-            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = __float2bfloat16(__bfloat162float(fa[i].x[e]) * a_scale);
-        }
+  for (int j = 0; j < kTiles; ++j) wmma::fill_fragment(acc[j], 0.0f);
+  auto product = [&](const Bf16* as, int lda, const Bf16* bs, int ldb, int k_tiles, bool triangle) {
+    for (int kk = 0; kk < k_tiles; ++kk) {
+      RowA fa[TR];
+      RowB fb[TC];
+#pragma unroll
+      for (int i = 0; i < TR; ++i) wmma::load_matrix_sync(fa[i], as + (rt0 + i) * 16 * lda + kk * 16, lda);
+#pragma unroll
+      for (int j = 0; j < TC; ++j) {
+        if (ct0 + j >= CTW) break;
+        wmma::load_matrix_sync(fb[j], bs + kk * 16 * ldb + (ct0 + j) * 16, ldb);
+      }
+#pragma unroll
+      for (int i = 0; i < TR; ++i) {
+        if (triangle && rt0 + i < kk) continue;  // score tiles right of the diagonal are zero
 #pragma unroll
         for (int j = 0; j < TC; ++j) {
           if (ct0 + j >= CTW) break;
-          wmma::load_matrix_sync(fb[j], bs + kk * 16 * ldb + (ct0 + j) * 16, ldb);
-        }
-#pragma unroll
-        for (int i = 0; i < TR; ++i) {
-          if (triangle && rt0 + i < kk) continue;  // score tiles right of the diagonal are zero
-#pragma unroll
-          for (int j = 0; j < TC; ++j) {
-            if (ct0 + j >= CTW) break;
-            wmma::mma_sync(acc[i * TC + j], fa[i], fb[j], acc[i * TC + j]);
-          }
+          wmma::mma_sync(acc[i * TC + j], fa[i], fb[j], acc[i * TC + j]);
         }
       }
-    };
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) wmma::fill_fragment(acc[j], 0.0f);
-    if (busy) {
-      product(qs, ldq, ps, ldv, dk / 16, 1.0f, false);
-      product(sb, lds, vs, ldv, rt0 + TR, 1.0f, true);
     }
-    if (far) {
-      // The far blocks' summed summaries: o += (w_far Q) E, with E's slice where P's was.
-      __syncthreads();
-      stage_tile(ps, ldv, eb + c0, a.dv, dk, cw);
-      wait_staged();
-      if (busy) product(qs, ldq, ps, ldv, dk / 16, wfar, false);
+  };
+  product(qs, ldq, ps, ldv, dk / 16, false);
+  product(sb, lds, vs, ldv, rt0 + TR, true);
+#pragma unroll
+  for (int i = 0; i < TR; ++i)
+#pragma unroll
+    for (int j = 0; j < TC; ++j) {
+      if (ct0 + j >= CTW) break;
+      const int rt = rt0 + i, ct = ct0 + j;
+      const Acc& r = acc[i * TC + j];
+      float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv + c0 + ct * 16;
+      if (!partial) {
+        wmma::store_matrix_sync(ob, r, static_cast<unsigned>(old), wmma::mem_row_major);
+        continue;
+      }
+      // The last block holds fewer than C tokens: rows past the end are not written.
+      const long long valid = a.tokens - row0 - rt * 16;
+      wmma::store_matrix_sync(stage, r, 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32)
+        if (e / 16 < valid) ob[(e / 16) * old + e % 16] = stage[e];
+      __syncwarp();
     }
-    if (busy)
-#pragma unroll
-      for (int i = 0; i < TR; ++i)
-#pragma unroll
-        for (int j = 0; j < TC; ++j) {
-          if (ct0 + j >= CTW) break;
-          const int rt = rt0 + i, ct = ct0 + j;
-          const Acc& r = acc[i * TC + j];
-          float* ob = a.o + (row0 + rt * 16) * old + static_cast<long long>(h) * a.dv + c0 + ct * 16;
-          if (!partial) {
-            wmma::store_matrix_sync(ob, r, static_cast<unsigned>(old), wmma::mem_row_major);
-            continue;
-          }
-          // The last block holds fewer than C tokens: rows past the end are not written.
-          const long long valid = a.tokens - row0 - rt * 16;
-          wmma::store_matrix_sync(stage, r, 16, wmma::mem_row_major);
-          __syncwarp();
-          for (int e = lane; e < 256; e += 32)
-            if (e / 16 < valid) ob[(e / 16) * old + e % 16] = stage[e];
-          __syncwarp();
-        }
-    __syncthreads();  // the next slice overwrites P's and V's staging
-  }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
@@ -214,13 +190,14 @@ bool intra_block_supported(int C, int dk, int dv) {
 
 bool intra_block_usable(const IntraBlockArgs& a) {
   return intra_block_supported(a.C, a.dk, a.dv) && aligned16(a.q) && aligned16(a.k) && aligned16(a.v) &&
-         aligned16(a.v_tail) && aligned16(a.p) && (!a.far || aligned16(a.far)) && aligned32(a.o);
+         aligned16(a.v_tail) && aligned16(a.p) && aligned32(a.o);
 }
 
 void intra_block(const IntraBlockArgs& a, cudaStream_t s) {
   if (a.blocks == 0) return;
   const size_t shared = Layout(a.C, a.dk).total;
-  const dim3 grid(static_cast<unsigned>(a.blocks), static_cast<unsigned>(a.heads));
+  const dim3 grid(static_cast<unsigned>(static_cast<long long>(a.blocks) * slices_of(a.dv)),
+                  static_cast<unsigned>(a.heads));
   auto launch = [&](auto kernel) {
     MHLA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
     kernel<<<grid, kWarps * 32, shared, s>>>(a);

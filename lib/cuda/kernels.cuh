@@ -29,27 +29,65 @@ void features(const T* in, T* out, const FeatureArgs& a, cudaStream_t s);
 template <class T>
 void mask_scale_triangle(T* scores, int blocks, int C, const float* diag, cudaStream_t s);
 
-// Exclusive-by-two prefix of tile sums: out[t] = sum_{t' <= t-2} in[t'], per element (width).
-template <class T>
-void tile_prefix_skip_one(const float* in, T* out, int tiles, long long width, cudaStream_t s);
-
 // Element-wise conversion.
 template <class From, class To>
 void convert(const From* in, To* out, long long n, cudaStream_t s);
-// `count` conversions of `width` elements, the i-th from in + i*in_stride to out + i*out_stride.
-template <class From, class To>
-void convert_strided(const From* in, long long in_stride, To* out, long long out_stride, int count, long long width,
-                     cudaStream_t s);
 
-// out[e] (+)= weight * sum of `count` matrices of `width` elements starting at `in`, each
-// `stride` apart; added to out when accumulate.
+// Where the prefill keeps its block summaries: after one leading region of zeros, key/value head
+// g's tile t is region 1 + g*tiles + t of `region` matrices: the tile's tile_blocks summaries,
+// its far sum E_t (the summaries two tiles back and more), then zeros up to a multiple of 4 (the
+// tensor cores' alignment), so that the band product of every tile of every head reads
+// [S_(t-1); E_(t-1); S_t; E_t] at one stride.
+struct PrefillLayout {
+  int kv_heads = 0, dk = 0, dv = 0, C = 0;
+  long long blocks = 0;  // M = ceil(T / C)
+  int tiles = 0, tile_blocks = 0, region = 0;
+  long long matrix = 0;  // dk * dv
+};
+
+// Pointer tables of the batched products, built on the device, each as A, B and C tables: the
+// summaries (kv_heads * blocks entries), the tile sums (kv_heads * sum_tiles), then the sum of
+// the `loose_blocks` blocks from block loose_from on (kv_heads).
 template <class T>
-void sum_matrices(const T* in, long long stride, int count, long long width, float weight, float* out,
-                  bool accumulate, cudaStream_t s);
+struct PrefillPointerArgs {
+  PrefillLayout layout;
+  const T* k = nullptr;       // features [blocks*C][Hkv][dk], zero past T
+  const T* v = nullptr;       // [T][Hkv][dv]
+  const T* v_tail = nullptr;  // the last block's rows, zero past T; null when that block is whole
+  T* summaries = nullptr;
+  float* tile_sums = nullptr;  // [Hkv][sum_tiles] matrices
+  int sum_tiles = 0;
+  long long loose_from = 0, loose_blocks = 0;
+  float* loose = nullptr;  // [Hkv] matrices
+  const void** table = nullptr;
+};
+template <class T>
+void prefill_pointers(const PrefillPointerArgs<T>& a, cudaStream_t s);
+
+// Writes every tile's E_t from the tile sums (zeros for t < 2).
+template <class T>
+void far_sums(const float* tile_sums, int sum_tiles, T* summaries, const PrefillLayout& layout, cudaStream_t s);
+
+// The state after the prefill, into a slot (fp32): the last block's mixed prefix and running
+// summary, the `recent` summaries before it into the ring in order, and the tail (blocks before
+// tail_end = last - recent): whole tiles from their sums, plus the loose blocks' sum if any.
+template <class T>
+struct FinalStateArgs {
+  PrefillLayout layout;
+  const T* summaries = nullptr;
+  const T* prefixes = nullptr;  // [Hkv][tiles*tile_blocks] matrices
+  const float* tile_sums = nullptr;
+  int sum_tiles = 0, tail_tiles = 0, recent = 0;
+  long long last = 0, tail_end = 0;
+  const float* loose = nullptr;  // [Hkv] matrices, or null
+  float* slot = nullptr;  // matrix i of kv head g at slot + (i*Hkv + g)*matrix
+  int prefix_index = 0, running_index = 0, tail_index = 0, first_recent_index = 0;
+};
+template <class T>
+void final_state(const FinalStateArgs<T>& a, cudaStream_t s);
 
 // The prefill's output in one tensor-core pass (bf16): for every block b and head h,
-// o_b = Q_b (P_b + far_weight[b] E_t) + diag[b] tril(Q_b K_b^T) V_b, written once in fp32, where
-// E_t is the sum of the summaries two tiles back and more (t = b / tile_blocks >= 2).
+// o_b = Q_b P_b + diag[b] tril(Q_b K_b^T) V_b, written once in fp32.
 struct IntraBlockArgs {
   long long tokens = 0;  // T
   int blocks = 0;        // ceil(T / C)
@@ -61,10 +99,6 @@ struct IntraBlockArgs {
   const __nv_bfloat16* p = nullptr;       // mixed prefixes: kv head g's block b at p + g*p_stride + b*dk*dv
   long long p_stride = 0;
   const float* diag = nullptr;            // [blocks]: W[b][b]
-  const __nv_bfloat16* far = nullptr;     // kv head g's E_t at far + (g*far_stride + t)*dk*dv; null: none
-  long long far_stride = 0;               // tiles per kv head
-  const float* far_weight = nullptr;      // [blocks]
-  int tile_blocks = 1;
   float* o = nullptr;                     // [T][H][dv]
 };
 // Shapes the kernel covers: C in {16, 32, 64}, dk and dv multiples of 16, within shared memory.
