@@ -118,6 +118,7 @@ std::unique_ptr<mhla::serve::Server> start(const Bench& b, const std::function<v
   c.max_tokens_limit = 100000;
   c.max_sessions = 100000;
   c.state_memory = std::size_t{4} << 30;
+  c.device = "cpu";  // the report's figures and device line are the CPU server's, GPU or not
   if (tweak) tweak(c);
   std::unique_ptr<mhla::serve::Server> s;
   if (b.model_dir.empty()) {
