@@ -91,40 +91,47 @@ int main(int argc, char** argv) try {
   }
 
   // Decode: B sequences at context N (one prefilled, the rest forked from it), 128 steps timed
-  // so block boundaries come at their natural rate.
-  for (long long N : {1024LL, 8192LL, 32768LL, 131072LL}) {
-    if (!wanted("model decode B=1 ctx=" + std::to_string(N)) && !wanted("model decode B=64 ctx=" + std::to_string(N)))
-      continue;
+  // so block boundaries come at their natural rate; then without logits, what moving them to
+  // the host costs.
+  auto decode_figures = [&](mhla::DeviceModel& d, long long N, const std::string& suffix, bool without_logits) {
     std::vector<mhla::DeviceSlot> slots;
-    slots.emplace_back(*dev);
-    {
-      const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
-      const mhla::DeviceStep step{slots[0].slot(), prompt, mhla::LogitsMode::none, nullptr};
-      dev->forward({&step, 1});
-    }
     for (int B : {1, 64}) {
-      if (!wanted("model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N))) continue;
+      const std::string name = "model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N) + suffix;
+      if (!wanted(name)) continue;
+      if (slots.empty()) {
+        slots.emplace_back(d);
+        const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
+        const mhla::DeviceStep step{slots[0].slot(), prompt, mhla::LogitsMode::none, nullptr};
+        d.forward({&step, 1});
+      }
       while (static_cast<int>(slots.size()) < B) slots.push_back(slots[0]);
       std::vector<std::vector<float>> logits(B);
       std::vector<int> next(B, 7);
       std::vector<mhla::DeviceStep> batch;
       for (int i = 0; i < B; ++i) batch.push_back({slots[i].slot(), {&next[i], 1}, mhla::LogitsMode::last, &logits[i]});
-      for (int s = 0; s < 4; ++s) dev->forward(batch);  // warm-up
+      for (int s = 0; s < 4; ++s) d.forward(batch);  // warm-up
       auto time_steps = [&] {
         return median_wall_ms(
                    [&] {
-                     for (int s = 0; s < steps; ++s) dev->forward(batch);
+                     for (int s = 0; s < steps; ++s) d.forward(batch);
                    },
                    0, 1) /
                steps;
       };
       const double floor_ms = (params * 2.0 + B * state_bytes_per_token) / ceil.bytes_per_s * 1e3;
-      const std::string name = "model decode B=" + std::to_string(B) + " ctx=" + std::to_string(N);
       report(name, time_steps(), floor_ms, double(B));
-      // The same steps without logits: what moving them to the host costs.
+      if (!without_logits) continue;
       for (auto& st : batch) st.logits = mhla::LogitsMode::none;
       report(name + " no logits", time_steps(), floor_ms, double(B));
     }
+  };
+  for (long long N : {1024LL, 8192LL, 32768LL, 131072LL}) decode_figures(*dev, N, "", true);
+
+  // What batch invariance costs: each sequence's step computed as if it were alone.
+  if (wanted("model decode B=1 ctx=1024 batch-invariant") || wanted("model decode B=64 ctx=1024 batch-invariant")) {
+    o.batch_invariant = true;
+    const auto invariant = mhla::make_device_model(model, mhla::Device::cuda, o);
+    decode_figures(*invariant, 1024, " batch-invariant", false);
   }
   return 0;
 } catch (const std::exception& e) {

@@ -31,6 +31,9 @@ Options::Options(CLI::App& app) {
                                              "CPU runs f32")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "f32"}));
+  app.add_flag("--batch-invariant", c.batch_invariant,
+               "On the GPU, compute every sequence's decode step as if it ran alone, so a request's results do not "
+               "depend on what else the server is running (slower at larger batches; the CPU always is)");
   app.add_option("--policy", policy_, "Default context policy past the trained window: strict, slide or slide_mean")
       ->capture_default_str()
       ->check(CLI::IsMember({"strict", "slide", "slide_mean"}));

@@ -68,6 +68,12 @@ public:
   void decode_prepare(std::span<const int> slots);
   void decode_launch(int batch, const void* q, const void* k, const void* v, float* o);
 
+  // Batch invariance: each sequence's decode step then takes the same path whatever else is in
+  // the batch (its rows of P and A split as for a sequence alone), so its outputs are bit for bit
+  // those of a step on its own. Off by default: larger batches then split less, or not at all.
+  // Set it before a decode step is captured in a CUDA graph.
+  void set_batch_invariant(bool on);
+
   // From now on the operator's work goes to the caller's stream (a cudaStream_t that outlives
   // the operator), so it is ordered with the caller's kernels without synchronization.
   void set_stream(void* stream);

@@ -32,6 +32,12 @@ struct DeviceModelOptions {
   ContextPolicy policy = ContextPolicy::strict;
   DevicePrecision precision = DevicePrecision::bf16;
   bool cuda_graphs = true;  // replay the decode step as one CUDA graph per batch size
+  // A sequence's results do not depend on what else is in the batch: every decode step runs
+  // each sequence through the same kernels with the same splits as if it were alone (the
+  // matrix-vector kernels in groups of up to 8 rows instead of cuBLAS products for larger
+  // batches), so its logits are bit for bit those of a step on its own. Costs throughput at
+  // larger batches (bench/NOTES.md has the figures).
+  bool batch_invariant = false;
 };
 
 // One sequence's share of a forward call on a device.

@@ -97,6 +97,12 @@ struct GpuCausalOperator::Impl {
   PinnedStep step;
   int multiprocessors = 1;
   DeviceBuffer<float> split_out;  // partial outputs of a decode step split over rows
+  bool batch_invariant = false;
+
+  int splits(int batch) const {
+    const auto& L = opt.layout;
+    return decode_splits(batch_invariant ? 1 : batch, L.kv_heads, L.dk, multiprocessors);
+  }
 
   Impl(CausalOptions o, MixingWeights w, int max_sequences, Precision p, int tile)
       : opt(std::move(o)), weights(std::move(w)), precision(p), tile_blocks(tile) {
@@ -441,7 +447,7 @@ void GpuCausalOperator::Impl::decode_launch(int B, const T* q, const T* k, const
   close_blocks(ca, stream);
   DecodeArgs da{B, L.heads, L.kv_heads, L.dk, L.dv, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary,
                 opt.rotary_base, pool.data(), slot_stride, d_int, d_pos, d_float, theta.data(),
-                decode_splits(B, L.kv_heads, L.dk, multiprocessors), split_out.data()};
+                splits(B), split_out.data()};
   decode_step(q, k, v, o, da, stream);
 }
 
@@ -478,6 +484,15 @@ void GpuCausalOperator::copy_slot(int from, int to) {
   MHLA_CUDA_CHECK(cudaMemcpyAsync(impl_->matrix(to, 0, 0), impl_->matrix(from, 0, 0), impl_->slot_stride * sizeof(float),
                                   cudaMemcpyDeviceToDevice, impl_->stream));
   impl_->meta[to] = m;
+}
+
+void GpuCausalOperator::set_batch_invariant(bool on) {
+  auto& im = *impl_;
+  im.batch_invariant = on;
+  // Room for the partial outputs of a full pool at the split of a single sequence.
+  if (on)
+    im.split_out.resize(static_cast<size_t>(im.splits(1)) * im.meta.size() * im.opt.layout.heads *
+                        im.opt.layout.dv);
 }
 
 void GpuCausalOperator::set_stream(void* stream) {

@@ -124,15 +124,21 @@ public:
               weights_to_device<T>(w.o_proj), weights_to_device<T>(w.gate_up), weights_to_device<T>(w.down),
               GpuCausalOperator(cpu.options(), cpu.weights(), opt_.max_sequences, p)};
       l.op.set_stream(stream_);
+      l.op.set_batch_invariant(opt_.batch_invariant);
       layers_.push_back(std::move(l));
     }
     embeddings_ = weights_to_device<T>(m_.embeddings);
     if (!m_.lm_head.empty()) lm_head_ = weights_to_device<T>(m_.lm_head);
     final_norm_ = to_device(m_.final_norm);
+    if (opt_.batch_invariant && !few_rows(1))
+      throw Error(fmt::format("batch-invariant decoding needs the matrix-vector kernels, which do not cover this "
+                              "model's widths (hidden {}, heads x dv {}, intermediate {}) in {}",
+                              D_, ow_, I_, to_string(opt_.precision)));
     reserve(dec_, opt_.max_sequences);
     dec_.logits.resize(static_cast<size_t>(opt_.max_sequences) * V_);
     host_logits_ = std::make_unique<PinnedFloats>(static_cast<size_t>(opt_.max_sequences) * V_);
-    name_ = fmt::format("{} ({}{})", device_name(0), to_string(opt_.precision), opt_.cuda_graphs ? ", CUDA graphs" : "");
+    name_ = fmt::format("{} ({}{}{})", device_name(0), to_string(opt_.precision), opt_.cuda_graphs ? ", CUDA graphs" : "",
+                        opt_.batch_invariant ? ", batch-invariant" : "");
   }
 
   GpuModel(const GpuModel&) = delete;
@@ -247,14 +253,15 @@ private:
     gemm(blas_, g, type(), c_type);
   }
 
-  // The layer stack over n rows whose tokens are in s.tokens; `attend` runs the operator,
-  // reading s.q, s.k, s.v and writing s.o. A few rows (decode of a small batch) take the fused
+  // The layer stack over n rows whose tokens are in s.tokens (one token of each of n sequences
+  // when `decoding`); `attend` runs the operator, reading s.q, s.k, s.v and writing s.o. A few
+  // rows (decode of a small batch), or every decode step when batch-invariant, take the fused
   // matrix-vector kernels; more take cuBLAS products and the row kernels.
   template <class Attend>
-  void layers_forward(Scratch& s, long long n, Attend&& attend) {
+  void layers_forward(Scratch& s, long long n, bool decoding, Attend&& attend) {
     const auto& c = m_.config;
     const auto hl = c.layout();
-    const bool small = few_rows(n);
+    const bool small = gemv_path(n, decoding);
     embed_rows(s.tokens.data(), embeddings_.data(), n, D_, s.x.data(), stream_);
     for (auto& l : layers_) {
       const T* g = nullptr;
@@ -267,7 +274,7 @@ private:
         qkvg.n0 = qw_, qkvg.n1 = qw_ + kw_, qkvg.n2 = qw_ + kw_ + vw_;
         qkvg.out0 = s.q.data(), qkvg.out1 = s.k.data(), qkvg.out2 = s.v.data();
         qkvg.out3 = c.use_output_gate ? s.proj.data() : nullptr;  // the gate, dense [n][H*dv]
-        small_batch_gemv(qkvg, stream_);
+        gemv(qkvg, n);
         if (c.use_output_gate) g = s.proj.data(), g_stride = ow_;
       } else {
         rms_norm_rows(s.x.data(), D_, l.attn_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
@@ -282,18 +289,18 @@ private:
         out.in = s.on.data();
         out.epilogue = SmallBatchEpilogue::add_f32;
         out.out_f32 = s.x.data();
-        small_batch_gemv(out, stream_);
+        gemv(out, n);
         SmallBatchArgs<T> up = gemv_args(l.gate_up.data(), 2 * I_, D_, n);
         up.x = s.x.data();
         up.norm_weight = l.mlp_norm.data();
         up.epilogue = SmallBatchEpilogue::swiglu;
         up.out_t = s.act.data();
-        small_batch_gemv(up, stream_);
+        gemv(up, n);
         SmallBatchArgs<T> down = gemv_args(l.down.data(), D_, I_, n);
         down.in = s.act.data();
         down.epilogue = SmallBatchEpilogue::add_f32;
         down.out_f32 = s.x.data();
-        small_batch_gemv(down, stream_);
+        gemv(down, n);
         continue;
       }
       linear(s.on.data(), n, ow_, l.o_proj.data(), D_, s.x.data(), CUDA_R_32F, true);
@@ -304,6 +311,7 @@ private:
     }
   }
 
+  bool gemv_path(long long n, bool decoding) const { return (decoding && opt_.batch_invariant) || few_rows(n); }
   // The fused matrix-vector path: a few rows, every inner size it meets supported.
   bool few_rows(long long n) const {
     return n <= kSmallBatchMax && small_batch_supported<T>(static_cast<int>(n), D_) &&
@@ -319,16 +327,34 @@ private:
     return a;
   }
 
+  // The matrix-vector kernels over n rows, in groups of up to kSmallBatchMax rows (each row's
+  // sums do not depend on the other rows of its group).
+  void gemv(const SmallBatchArgs<T>& a, long long n) {
+    for (long long r0 = 0; r0 < n; r0 += kSmallBatchMax) {
+      SmallBatchArgs<T> g = a;
+      g.batch = static_cast<int>(std::min<long long>(kSmallBatchMax, n - r0));
+      if (g.x) g.x += r0 * a.k;
+      if (g.in) g.in += r0 * a.k;
+      if (g.out_t) g.out_t += r0 * (a.epilogue == SmallBatchEpilogue::swiglu ? a.n / 2 : a.n);
+      if (g.out_f32) g.out_f32 += r0 * a.n;
+      if (g.out0) g.out0 += r0 * a.n0;
+      if (g.out1) g.out1 += r0 * (a.n1 - a.n0);
+      if (g.out2) g.out2 += r0 * (a.n2 - a.n1);
+      if (g.out3) g.out3 += r0 * (a.n - a.n2);
+      small_batch_gemv(g, stream_);
+    }
+  }
+
   // Logits of `rows` rows of s.x from row `first`, into s.logits on the device.
-  void head(Scratch& s, long long first, long long rows) {
+  void head(Scratch& s, long long first, long long rows, bool decoding) {
     const T* w = lm_head_.size() ? lm_head_.data() : embeddings_.data();
-    if (first == 0 && few_rows(rows)) {
+    if (first == 0 && gemv_path(rows, decoding)) {
       SmallBatchArgs<T> h = gemv_args(w, V_, D_, rows);
       h.x = s.x.data();
       h.norm_weight = final_norm_.data();
       h.epilogue = SmallBatchEpilogue::store_f32;
       h.out_f32 = s.logits.data();
-      small_batch_gemv(h, stream_);
+      gemv(h, rows);
       return;
     }
     rms_norm_rows(s.x.data() + first * D_, D_, final_norm_.data(), rows, D_, m_.config.norm_eps, s.h.data(), stream_);
@@ -345,10 +371,10 @@ private:
     Scratch& s = dec_;
     MHLA_CUDA_CHECK(cudaMemcpyAsync(s.tokens.data(), ids.data(), B * sizeof(int), cudaMemcpyHostToDevice, stream_));
     auto pass = [&] {
-      layers_forward(s, B, [&](GpuCausalOperator& op) {
+      layers_forward(s, B, true, [&](GpuCausalOperator& op) {
         op.decode_launch(B, s.q.data(), s.k.data(), s.v.data(), s.o.data());
       });
-      head(s, 0, B);
+      head(s, 0, B, true);
     };
     for (auto& l : layers_) l.op.decode_prepare(slots);
     if (!opt_.cuda_graphs) {
@@ -396,7 +422,7 @@ private:
     MHLA_CUDA_CHECK(cudaMemcpyAsync(s.tokens.data(), st.tokens.data(), n * sizeof(int), cudaMemcpyHostToDevice, stream_));
     const bool fresh = position(st.slot) == 0;
     const int slot = st.slot;
-    layers_forward(s, n, [&](GpuCausalOperator& op) {
+    layers_forward(s, n, false, [&](GpuCausalOperator& op) {
       if (fresh) return op.prefill(slot, s.q.data(), s.k.data(), s.v.data(), n, s.o.data());
       for (long long t = 0; t < n; ++t)
         op.decode({&slot, 1}, s.q.data() + t * qw_, s.k.data() + t * kw_, s.v.data() + t * vw_, s.o.data() + t * ow_);
@@ -406,7 +432,7 @@ private:
       s.logits.resize(static_cast<size_t>(step) * V_);
       for (long long r0 = 0; r0 < rows; r0 += step) {
         const long long m = std::min(step, rows - r0);
-        head(s, n - rows + r0, m);
+        head(s, n - rows + r0, m, false);
         MHLA_CUDA_CHECK(cudaMemcpyAsync(st.logits_out->data() + r0 * V_, s.logits.data(),
                                         static_cast<size_t>(m) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
       }

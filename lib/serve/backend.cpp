@@ -28,6 +28,7 @@ Backend::Backend(const Model& model, const ServerConfig& config, Logger& log)
   device_ = parse_device(config.device);
   if (device_ == Device::cpu) return;
   precision_ = parse_device_precision(config.precision);
+  batch_invariant_ = config.batch_invariant;
   slots_ = pool_size(model, config);
   models_[static_cast<std::size_t>(config.policy)] = make(config.policy);
   description_ = models_[static_cast<std::size_t>(config.policy)]->description();
@@ -38,6 +39,7 @@ std::unique_ptr<DeviceModel> Backend::make(ContextPolicy policy) const {
   o.max_sequences = slots_;
   o.policy = policy;
   o.precision = precision_;
+  o.batch_invariant = batch_invariant_;
   try {
     auto dm = make_device_model(model_, device_, o);
     log_.info("device_model", {{"device", to_string(device_)},

@@ -75,6 +75,7 @@ private:
   Logger& log_;
   Device device_ = Device::cpu;
   DevicePrecision precision_ = DevicePrecision::f32;
+  bool batch_invariant_ = false;
   int slots_ = 0;
   std::string description_ = "cpu";
   std::array<std::unique_ptr<DeviceModel>, 3> models_;  // by ContextPolicy

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 
 #include "mhla/device.hpp"
@@ -151,6 +152,52 @@ TEST_CASE("GPU model: a batched decode step equals each sequence alone", "[gpu][
       const auto ref = cpu_prefill(m, cpu[i], {&next[i], 1}, LogitsMode::last);
       REQUIRE(out[i].size() == V);
       CHECK(relative_error(out[i], ref) < 1e-4);
+    }
+  }
+}
+
+TEST_CASE("GPU model: batch-invariant decode gives each sequence the logits of a step on its own", "[gpu][model]") {
+  const Model m = Model::load(kData + "/models/tiny-gqa");
+  for (auto precision : {DevicePrecision::f32, DevicePrecision::bf16}) {
+    INFO(to_string(precision));
+    DeviceModelOptions o;
+    o.max_sequences = 32;  // 12 sequences and the forks of up to 12 of them
+    o.policy = ContextPolicy::slide_mean;
+    o.precision = precision;
+    o.batch_invariant = true;
+    const auto dev = make_device_model(m, Device::cuda, o);
+    // 12 sequences (more than one group of the matrix-vector kernels) at different positions,
+    // some on a block boundary, one fresh.
+    const size_t B = 12;
+    std::vector<DeviceSlot> slots;
+    for (size_t i = 0; i < B; ++i) {
+      slots.emplace_back(*dev);
+      const auto ids = random_ids(m, i * 5, 300 + static_cast<unsigned>(i));
+      if (!ids.empty()) gpu_prefill(*dev, slots.back().slot(), ids, LogitsMode::none);
+    }
+    for (int step = 0; step < 10; ++step) {
+      const auto next = random_ids(m, B, 700 + static_cast<unsigned>(step));
+      std::vector<std::vector<float>> alone(B), together(B);
+      for (size_t i = 0; i < B; ++i) {
+        const DeviceSlot fork = slots[i];
+        const DeviceStep st{fork.slot(), {&next[i], 1}, LogitsMode::last, &alone[i]};
+        dev->forward({&st, 1});
+      }
+      // Half the batch, then all of it: every size gives the same bits.
+      for (size_t n : {B / 2, B}) {
+        std::vector<DeviceSlot> forks(slots.begin(), slots.begin() + static_cast<long>(n));
+        std::vector<DeviceStep> batch;
+        for (size_t i = 0; i < n; ++i) batch.push_back({forks[i].slot(), {&next[i], 1}, LogitsMode::last, &together[i]});
+        dev->forward(batch);
+        for (size_t i = 0; i < n; ++i) {
+          INFO("step " << step << ", sequence " << i << " of " << n);
+          REQUIRE(together[i].size() == alone[i].size());
+          CHECK(std::memcmp(together[i].data(), alone[i].data(), alone[i].size() * sizeof(float)) == 0);
+        }
+      }
+      std::vector<DeviceStep> batch;
+      for (size_t i = 0; i < B; ++i) batch.push_back({slots[i].slot(), {&next[i], 1}, LogitsMode::none, nullptr});
+      dev->forward(batch);
     }
   }
 }
