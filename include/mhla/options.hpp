@@ -1,6 +1,7 @@
 #pragma once
 // Options of the MHLA operator (MHLA.md sections 2, 3 and 5).
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -68,6 +69,10 @@ struct NonCausalOptions {
   int tokens_per_block() const;
   // Number of blocks for T tokens; throws when T does not split into whole blocks.
   int block_count(long long tokens) const;
+  // The block count M of a call on T tokens, after checking its mixing matrix (M x M finite
+  // weights) and its four arrays (all given); throws mhla::Error naming what is wrong.
+  int checked_call(std::span<const float> mixing, long long tokens, const void* q, const void* k, const void* v,
+                   const void* o) const;
   // Block of token t (grid order aware).
   int block_of(long long t) const;
   void validate() const;

@@ -75,6 +75,19 @@ void CausalOptions::validate() const {
 
 int NonCausalOptions::tokens_per_block() const { return grid ? grid->window * grid->window : block_size; }
 
+int NonCausalOptions::checked_call(std::span<const float> mixing, long long tokens, const void* q, const void* k,
+                                   const void* v, const void* o) const {
+  const int M = block_count(tokens);
+  if (mixing.size() != static_cast<size_t>(M) * M)
+    throw Error(fmt::format("non-causal mixing must be {}x{} for {} blocks, got {} values", M, M, M, mixing.size()));
+  for (size_t i = 0; i < mixing.size(); ++i)
+    if (!std::isfinite(mixing[i]))
+      throw Error(fmt::format("mixing entry [{}][{}] is {}: the weights must be finite numbers", i / M, i % M,
+                              mixing[i]));
+  if (!q || !k || !v || !o) throw Error("q, k, v and o must all be given");
+  return M;
+}
+
 int NonCausalOptions::block_count(long long tokens) const {
   if (grid) {
     if (tokens != static_cast<long long>(grid->height) * grid->width)

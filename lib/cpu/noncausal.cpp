@@ -2,27 +2,17 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <cmath>
-#include <fmt/format.h>
 #include <vector>
 
 #include "core/features.hpp"
 #include "mhla/causal.hpp"
-#include "mhla/error.hpp"
 
 namespace mhla {
 
 void noncausal_forward(const NonCausalOptions& opt, std::span<const float> mixing, const float* q, const float* k,
                        const float* v, long long tokens, float* o) {
   opt.validate();
-  const int M = opt.block_count(tokens);
-  if (mixing.size() != static_cast<size_t>(M) * M)
-    throw Error(fmt::format("non-causal mixing must be {}x{} for {} blocks, got {} values", M, M, M, mixing.size()));
-  for (size_t i = 0; i < mixing.size(); ++i)
-    if (!std::isfinite(mixing[i]))
-      throw Error(fmt::format("mixing entry [{}][{}] is {}: the weights must be finite numbers", i / M, i % M,
-                              mixing[i]));
-  if (!q || !k || !v || !o) throw Error("q, k, v and o must all be given");
+  const int M = opt.checked_call(mixing, tokens, q, k, v, o);
 
   const auto& L = opt.layout;
   const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv;

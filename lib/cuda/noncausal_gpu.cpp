@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 #include <type_traits>
 #include <vector>
 
@@ -77,20 +76,6 @@ struct GpuNonCausalOperator::Impl {
 
   cudaDataType_t dtype() const { return precision == Precision::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-  // The CPU form's refusals, in its words; returns the block count M.
-  int check(std::span<const float> mixing, const void* q, const void* k, const void* v, long long tokens,
-            const float* o) const {
-    const int M = opt.block_count(tokens);
-    if (mixing.size() != static_cast<size_t>(M) * M)
-      throw Error(fmt::format("non-causal mixing must be {}x{} for {} blocks, got {} values", M, M, M, mixing.size()));
-    for (size_t i = 0; i < mixing.size(); ++i)
-      if (!std::isfinite(mixing[i]))
-        throw Error(fmt::format("mixing entry [{}][{}] is {}: the weights must be finite numbers", i / M, i % M,
-                                mixing[i]));
-    if (!q || !k || !v || !o) throw Error("q, k, v and o must all be given");
-    return M;
-  }
-
   template <class T>
   void upload_mixing(std::span<const float> mixing);
   template <class T>
@@ -118,7 +103,7 @@ void GpuNonCausalOperator::Impl::upload_mixing(std::span<const float> mixing) {
 template <class T>
 void GpuNonCausalOperator::Impl::forward(std::span<const float> mixing, const T* q, const T* k, const T* v,
                                          long long tokens, float* o) {
-  const int M = check(mixing, q, k, v, tokens, o);
+  const int M = opt.checked_call(mixing, tokens, q, k, v, o);
   upload_mixing<T>(mixing);
   const T* W = std::is_same_v<T, float> ? reinterpret_cast<const T*>(w32.data()) : reinterpret_cast<const T*>(wt.data());
   const auto& L = opt.layout;
@@ -240,7 +225,7 @@ void GpuNonCausalOperator::forward(std::span<const float> mixing, const void* q,
 void GpuNonCausalOperator::forward_host(std::span<const float> mixing, const float* q, const float* k,
                                         const float* v, long long tokens, float* o) {
   Impl& m = *impl_;
-  m.check(mixing, q, k, v, tokens, o);
+  m.opt.checked_call(mixing, tokens, q, k, v, o);
   const auto& L = m.opt.layout;
   const long long nq = tokens * L.heads * L.dk, nk = tokens * L.kv_heads * L.dk, nv = tokens * L.kv_heads * L.dv,
                   n = nq + nk + nv, no = tokens * L.heads * L.dv;
