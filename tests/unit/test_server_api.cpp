@@ -3,6 +3,9 @@
 // (append, generate, fork, undo, regenerate, delete) and chat turns that prefill only what is new.
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 #include "mhla/session.hpp"
 #include "support/server_harness.hpp"
 
@@ -71,7 +74,14 @@ TEST_CASE("server: models, health and metrics", "[server]") {
   CHECK(c.request("GET", "/v1/models/tiny").status == 200);
   CHECK(json_of(c.request("GET", "/health"))["status"] == "ok");
   post(c, "/v1/completions", {{"prompt", "metrics please"}, {"max_tokens", 3}});
-  const auto metrics = c.request("GET", "/metrics");
+  // A request is counted once its reply is written, which can be just after the client has
+  // read it: wait briefly for the count before reading the rest.
+  const std::string counted = "mhla_requests_total{route=\"/v1/completions\",status=\"200\"} 1";
+  auto metrics = c.request("GET", "/metrics");
+  for (int i = 0; i < 200 && metrics.body.find(counted) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    metrics = c.request("GET", "/metrics");
+  }
   CHECK(metrics.content_type.starts_with("text/plain"));
   for (const char* name : {"mhla_requests_total{route=\"/v1/completions\",status=\"200\"} 1",
                            "mhla_time_to_first_token_seconds_count 1", "mhla_inter_token_latency_seconds_bucket",
