@@ -3,7 +3,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <map>
 #include <type_traits>
@@ -14,6 +13,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/kernels.cuh"
+#include "cuda/rotary.hpp"
 #include "cuda/pinned.hpp"
 #include "mhla/cuda.hpp"
 
@@ -126,10 +126,7 @@ struct GpuCausalOperator::Impl {
     step.host(StepLayout(max_sequences, capacity + 1).bytes);
     MHLA_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, 0));
     split_out.resize(static_cast<size_t>(2 * multiprocessors / L.kv_heads + 1) * L.heads * L.dv);
-    std::vector<double> th(std::max(L.dk / 2, 1));
-    for (int j = 0; j < L.dk / 2; ++j) th[j] = std::pow(opt.rotary_base, -2.0 * j / L.dk);
-    theta.resize(th.size());
-    MHLA_CUDA_CHECK(cudaMemcpy(theta.data(), th.data(), th.size() * sizeof(double), cudaMemcpyHostToDevice));
+    theta = rotary_frequencies(opt.rotary_base, L.dk);
     MHLA_CUBLAS_CHECK(cublasCreate(&blas));
     MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream, cudaStreamNonBlocking));
     stream = own_stream;
@@ -151,7 +148,7 @@ struct GpuCausalOperator::Impl {
   float* matrix(int s, int state_slot, int g) const {
     return pool.data() + s * slot_stride + (static_cast<long long>(state_slot) * opt.layout.kv_heads + g) * me;
   }
-  cudaDataType_t dtype() const { return precision == Precision::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+  cudaDataType_t dtype() const { return cuda_type(precision == Precision::bf16); }
   size_t elem() const { return precision == Precision::bf16 ? 2 : 4; }
 
   void check_window(long long position, long long tokens) const {
@@ -280,19 +277,14 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   const long long nS = static_cast<long long>(Hkv) * M;
   const RowMajorGemm summaries{true, false, dk, dv, C, nullptr, Hkv * dk, 0, nullptr, Hkv * dv, 0, nullptr, dv, 0,
                                static_cast<int>(nS)};
-  gemm_pointers(blas, summaries, sp, sp + nS, const_cast<void* const*>(sp + 2 * nS), dt, dt);
-  if (sum_tiles > 0) {
-    const void* const* tp = sp + 3 * nS;
-    const int nT = Hkv * sum_tiles;
-    const RowMajorGemm sums{true, false, dk, dv, C * TT, nullptr, Hkv * dk, 0, nullptr, Hkv * dv, 0, nullptr, dv, 0, nT};
-    gemm_pointers(blas, sums, tp, tp + nT, const_cast<void* const*>(tp + 2 * nT), dt, CUDA_R_32F);
-  }
-  if (loose_blocks > 0) {
-    const void* const* lp = sp + 3 * (nS + static_cast<long long>(Hkv) * sum_tiles);
-    const RowMajorGemm sum{true, false, dk, dv, static_cast<int>(loose_blocks * C), nullptr, Hkv * dk, 0, nullptr,
-                           Hkv * dv, 0, nullptr, dv, 0, Hkv};
-    gemm_pointers(blas, sum, lp, lp + Hkv, const_cast<void* const*>(lp + 2 * Hkv), dt, CUDA_R_32F);
-  }
+  gemm_pointers(blas, summaries, sp, dt, dt);
+  const long long nT = static_cast<long long>(Hkv) * sum_tiles;
+  const RowMajorGemm sums{true, false, dk, dv, C * TT, nullptr, Hkv * dk, 0, nullptr, Hkv * dv, 0, nullptr, dv, 0,
+                          static_cast<int>(nT)};
+  gemm_pointers(blas, sums, sp + 3 * nS, dt, CUDA_R_32F);
+  const RowMajorGemm loose_sum{true, false, dk, dv, static_cast<int>(loose_blocks * C), nullptr, Hkv * dk, 0, nullptr,
+                               Hkv * dv, 0, nullptr, dv, 0, Hkv};
+  gemm_pointers(blas, loose_sum, sp + 3 * (nS + nT), dt, CUDA_R_32F);
   far_sums(tsum.data(), sum_tiles, Sall, lay, stream);
 
   // Mixed prefixes of every tile of every head in one product: P = band x [S_(t-1); E_(t-1);
@@ -308,9 +300,10 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
     ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v, v_tail ? v_tail : v, Pall,
                         p_stride, tab.diag.data(), o};
-  const bool fused = intra_block_usable(ib);
-  if (fused) intra_block(ib, stream);
-  if (!fused) output_by_products(Qf, Kf, v, v_tail, Pall, p_stride, tab.diag.data(), T_, o);
+  if (intra_block_usable(ib))
+    intra_block(ib, stream);
+  else
+    output_by_products(Qf, Kf, v, v_tail, Pall, p_stride, tab.diag.data(), T_, o);
 
   const FinalStateArgs<T> fs{lay, Sall, Pall, tsum.data(), sum_tiles, tail_tiles, recent, last, tail_end,
                              loose_blocks > 0 ? loose : nullptr, matrix(s, 0, 0), CausalState::kPrefix,

@@ -15,9 +15,12 @@ void gemm(cublasHandle_t handle, const RowMajorGemm& g, cudaDataType_t in_type, 
       g.batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void gemm_pointers(cublasHandle_t handle, const RowMajorGemm& g, const void* const* a, const void* const* b,
-                   void* const* c, cudaDataType_t in_type, cudaDataType_t out_type) {
+void gemm_pointers(cublasHandle_t handle, const RowMajorGemm& g, const void* const* table, cudaDataType_t in_type,
+                   cudaDataType_t out_type) {
   if (g.batch <= 0 || g.m <= 0 || g.n <= 0 || g.k <= 0) return;
+  const void* const* a = table;
+  const void* const* b = table + g.batch;
+  void* const* c = const_cast<void* const*>(table + 2 * g.batch);
   MHLA_CUBLAS_CHECK(cublasGemmBatchedEx(handle, op(g.trans_b), op(g.trans_a), g.n, g.m, g.k, &g.alpha, b, in_type,
                                         static_cast<int>(g.ldb), a, in_type, static_cast<int>(g.lda), &g.beta, c,
                                         out_type, static_cast<int>(g.ldc), g.batch, CUBLAS_COMPUTE_32F,

@@ -21,8 +21,12 @@ struct RowMajorGemm {
 // Inputs of `in_type` (CUDA_R_32F or CUDA_R_16BF), output of `out_type`, fp32 accumulation.
 void gemm(cublasHandle_t handle, const RowMajorGemm& g, cudaDataType_t in_type, cudaDataType_t out_type);
 
-// As gemm, with one pointer per batch entry (device arrays of `batch` pointers).
-void gemm_pointers(cublasHandle_t handle, const RowMajorGemm& g, const void* const* a, const void* const* b,
-                   void* const* c, cudaDataType_t in_type, cudaDataType_t out_type);
+// As gemm, with one pointer per batch entry: `table` on the device holds the batch's A
+// pointers, then its B pointers, then its C pointers (g.batch each; g.a, g.b, g.c unused).
+void gemm_pointers(cublasHandle_t handle, const RowMajorGemm& g, const void* const* table, cudaDataType_t in_type,
+                   cudaDataType_t out_type);
+
+// The cuBLAS type of a precision's inputs.
+inline cudaDataType_t cuda_type(bool bf16) { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 
 }  // namespace mhla::cuda

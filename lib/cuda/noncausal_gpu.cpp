@@ -3,7 +3,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -12,6 +11,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/kernels.cuh"
+#include "cuda/rotary.hpp"
 #include "mhla/cuda.hpp"
 
 namespace mhla::cuda {
@@ -45,11 +45,7 @@ struct GpuNonCausalOperator::Impl {
   Impl(NonCausalOptions o, Precision p) : opt(std::move(o)), precision(p) {
     opt.validate();
     if (device_count() == 0) throw Error("no CUDA device is available");
-    const int dk = opt.layout.dk;
-    std::vector<double> th(std::max(dk / 2, 1));
-    for (int j = 0; j < dk / 2; ++j) th[j] = std::pow(opt.rotary_base, -2.0 * j / dk);
-    theta.resize(th.size());
-    MHLA_CUDA_CHECK(cudaMemcpy(theta.data(), th.data(), th.size() * sizeof(double), cudaMemcpyHostToDevice));
+    theta = rotary_frequencies(opt.rotary_base, opt.layout.dk);
     if (opt.grid) {
       const long long T = static_cast<long long>(opt.grid->height) * opt.grid->width;
       const int C = opt.tokens_per_block();
@@ -74,7 +70,7 @@ struct GpuNonCausalOperator::Impl {
     if (own_stream) cudaStreamDestroy(own_stream);
   }
 
-  cudaDataType_t dtype() const { return precision == Precision::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+  cudaDataType_t dtype() const { return cuda_type(precision == Precision::bf16); }
 
   template <class T>
   void upload_mixing(std::span<const float> mixing);

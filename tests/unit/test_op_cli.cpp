@@ -57,6 +57,13 @@ Problem random_problem(HeadLayout layout, long long tokens, int mixing_side, uin
   return p;
 }
 
+// The non-causal form uses its mixing as given: nonnegative weights keep the normalizer positive.
+Problem noncausal_problem(HeadLayout layout, long long tokens, int blocks, uint64_t seed) {
+  Problem p = random_problem(layout, tokens, blocks, seed);
+  for (auto& w : p.mixing) w = std::fabs(w);
+  return p;
+}
+
 void write_problem(const std::string& path, const Problem& p) {
   const auto& L = p.layout;
   write_safetensors(path, {{"q", {{p.tokens, L.heads, L.dk}, p.q}},
@@ -199,8 +206,7 @@ TEST_CASE("mhla op --reference prints the relative error", "[op-cli]") {
 TEST_CASE("mhla op noncausal runs with 1-D blocks and with grid windows", "[op-cli]") {
   TempDir dir;
   const HeadLayout layout{2, 2, 4, 3};
-  Problem p = random_problem(layout, 16, 4, 13);
-  for (auto& w : p.mixing) w = std::fabs(w);  // used as given: keep the normalizer positive
+  const Problem p = noncausal_problem(layout, 16, 4, 13);
   const std::string in = dir.file("in.safetensors");
   write_problem(in, p);
 
@@ -222,8 +228,7 @@ TEST_CASE("mhla op noncausal runs with 1-D blocks and with grid windows", "[op-c
 TEST_CASE("mhla op noncausal --device: cpu and auto match the reference, cuda needs a GPU", "[op-cli]") {
   TempDir dir;
   const HeadLayout layout{4, 2, 6, 5};
-  Problem p = random_problem(layout, 24, 6, 19);
-  for (auto& w : p.mixing) w = std::fabs(w);  // used as given: keep the normalizer positive
+  const Problem p = noncausal_problem(layout, 24, 6, 19);
   const std::string in = dir.file("in.safetensors");
   write_problem(in, p);
   NonCausalOptions opt;
