@@ -55,6 +55,10 @@ public:
 
   // Prefill of a whole sequence into a fresh slot (every block at once on the device).
   void prefill(int slot, const void* q, const void* k, const void* v, long long tokens, float* o);
+  // Continues a slot's sequence from its position with `tokens` more (a later piece of a prompt,
+  // a new turn): block by block, each block's piece as a few matrix products, as many tokens of
+  // q, k, v and o as `tokens`, laid out as for prefill.
+  void extend(int slot, const void* q, const void* k, const void* v, long long tokens, float* o);
 
   // One decode step for each listed slot (all distinct): q [B][H][dk], k [B][Hkv][dk],
   // v [B][Hkv][dv], o [B][H][dv] fp32, in the operator's precision for q/k/v.

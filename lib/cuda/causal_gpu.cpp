@@ -75,7 +75,7 @@ struct GpuCausalOperator::Impl {
 
   // Scratch, grown as needed.
   DeviceBuffer<char> qf, kf, S, P, scores, vtail;
-  DeviceBuffer<float> tsum;
+  DeviceBuffer<float> tsum, unit;  // unit: 1.0f, the diagonal weight of pre-scaled scores
   DeviceBuffer<const void*> pointers;
   DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
@@ -127,6 +127,9 @@ struct GpuCausalOperator::Impl {
     MHLA_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, 0));
     split_out.resize(static_cast<size_t>(2 * multiprocessors / L.kv_heads + 1) * L.heads * L.dv);
     theta = rotary_frequencies(opt.rotary_base, L.dk);
+    const float one = 1.0f;
+    unit.resize(1);
+    MHLA_CUDA_CHECK(cudaMemcpy(unit.data(), &one, sizeof(float), cudaMemcpyHostToDevice));
     MHLA_CUBLAS_CHECK(cublasCreate(&blas));
     MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream, cudaStreamNonBlocking));
     stream = own_stream;
@@ -161,6 +164,12 @@ struct GpuCausalOperator::Impl {
 
   template <class T>
   void prefill(int s, const T* q, const T* k, const T* v, long long tokens, float* o);
+  template <class T>
+  void extend(int s, const T* q, const T* k, const T* v, long long tokens, float* o);
+  // When slot s's current block is full: the host's bookkeeping of closing it, written as the
+  // index-th closing sequence into the integer and term-weight tables of a step of `batch`
+  // sequences (StepLayout); the close_blocks kernel does the rest. False when not full.
+  bool close_if_full(int s, int index, int batch, int* ints, float* term_weights);
   template <class T>
   void output_by_products(const T* Qf, const T* Kf, const T* v, const T* v_tail, const T* Pall, long long p_stride,
                           const float* diag, long long tokens, float* o);
@@ -364,6 +373,111 @@ void GpuCausalOperator::Impl::output_by_products(const T* Qf, const T* Kf, const
   }
 }
 
+template <class T>
+void GpuCausalOperator::Impl::extend(int s, const T* q, const T* k, const T* v, long long n, float* o) {
+  SlotMeta& m = slot(s);
+  check_window(m.position, n);
+  if (n <= 0) return;
+  const auto& L = opt.layout;
+  const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv, C = opt.block_size;
+  const auto dt = dtype();
+  const size_t el = sizeof(T);
+  qf.resize(n * H * dk * el);
+  kf.resize(n * Hkv * dk * el);
+  T* Qf = reinterpret_cast<T*>(qf.data());
+  T* Kf = reinterpret_cast<T*>(kf.data());
+  FeatureArgs fa{n, H, dk, opt.feature_map, opt.eps, opt.effective_scale(), opt.rotary, opt.rotary_base, m.position,
+                 nullptr, theta.data()};
+  features(q, Qf, fa, stream);
+  fa.heads = Hkv;
+  fa.scale = 1.0f;
+  features(k, Kf, fa, stream);
+  P.resize(Hkv * me * el);  // the mixed prefix P + w A of each kv head, in T
+  T* mixed = reinterpret_cast<T*>(P.data());
+  scores.resize(static_cast<size_t>(C) * C * el);
+  T* Sc = reinterpret_cast<T*>(scores.data());
+  const StepLayout lay(1, capacity + 1);
+  for (long long t0 = 0; t0 < n;) {
+    // A full block closes first, as in the decode step.
+    char* table = step.host(lay.bytes);
+    int* ints = reinterpret_cast<int*>(table + lay.ints_at);
+    if (close_if_full(s, 0, 1, ints, reinterpret_cast<float*>(table + lay.floats_at) + 1)) {
+      ints[0] = s;
+      ints[1] = 1;
+      const char* d = step.send(lay.bytes, stream);
+      const int* d_int = reinterpret_cast<const int*>(d + lay.ints_at);
+      const int* close = d_int + 2;
+      close_blocks(CloseBlockArgs{1, d_int + 1, Hkv, me, pool.data(), slot_stride, capacity + 1, close, close + 1,
+                                  close + 2, close + 3, reinterpret_cast<const float*>(d + lay.floats_at) + 1},
+                   stream);
+    }
+    // This block's piece: o = Q (P + w A) + w tril(Q K^T) V, then A += K^T V.
+    const long long take = std::min(n - t0, C - (m.position - m.folded * C));
+    const int rows = static_cast<int>(take);
+    const float w = static_cast<float>(effective_weight(weights, opt.policy, m.folded, m.folded));
+    mixed_prefix(matrix(s, CausalState::kPrefix, 0), matrix(s, CausalState::kRunning, 0), w, Hkv * me, mixed, stream);
+    const T* Qp = Qf + t0 * H * dk;
+    const T* Kp = Kf + t0 * Hkv * dk;
+    const T* Vp = v + t0 * Hkv * dv;
+    float* Op = o + t0 * H * dv;
+    for (int h = 0; h < H; ++h) {
+      const int g = h / G;
+      gemm(blas, RowMajorGemm{false, false, rows, dv, dk, Qp + h * dk, H * dk, 0, mixed + g * me, dv, 0, Op + h * dv,
+                              H * dv, 0},
+           dt, CUDA_R_32F);
+      gemm(blas, RowMajorGemm{false, true, rows, rows, dk, Qp + h * dk, H * dk, 0, Kp + g * dk, Hkv * dk, 0, Sc, C, 0, 1, w},
+           dt, dt);
+      mask_scale_triangle(Sc, 1, C, unit.data(), stream);
+      gemm(blas, RowMajorGemm{false, false, rows, dv, rows, Sc, C, 0, Vp + g * dv, Hkv * dv, 0, Op + h * dv, H * dv, 0,
+                              1, 1.0f, 1.0f},
+           dt, CUDA_R_32F);
+    }
+    for (int g = 0; g < Hkv; ++g)
+      gemm(blas, RowMajorGemm{true, false, dk, dv, rows, Kp + g * dk, Hkv * dk, 0, Vp + g * dv, Hkv * dv, 0,
+                              matrix(s, CausalState::kRunning, g), dv, 0, 1, 1.0f, 1.0f},
+           dt, CUDA_R_32F);
+    m.position += take;
+    t0 += take;
+  }
+}
+
+bool GpuCausalOperator::Impl::close_if_full(int s, int index, int batch, int* ints, float* term_weights) {
+  SlotMeta& m = meta[s];
+  const int C = opt.block_size, terms = capacity + 1;
+  if (m.position == 0 || m.position - m.folded * C != C) return false;
+  int* close_slot = ints + batch + 1;
+  int* push_to = close_slot + batch;
+  int* fold = push_to + batch;
+  int* ts = fold + batch + static_cast<size_t>(index) * terms;
+  float* tw = term_weights + static_cast<size_t>(index) * terms;
+  // Mirror of CausalState::close_block: weights first, then the ring moves.
+  const bool full = m.recent == capacity;
+  const auto row = block_row_weights(weights, opt.policy, m.folded + 1, m.tail + (full ? 1 : 0));
+  close_slot[index] = s;
+  if (capacity == 0) {
+    fold[index] = -1;
+    push_to[index] = -1;
+    ++m.tail;
+  } else if (!full) {
+    fold[index] = -1;
+    push_to[index] = CausalState::kFirstRecent + (m.oldest + m.recent) % capacity;
+    ++m.recent;
+  } else {
+    fold[index] = CausalState::kFirstRecent + m.oldest;
+    push_to[index] = CausalState::kFirstRecent + m.oldest;
+    ++m.tail;
+    m.oldest = (m.oldest + 1) % capacity;
+  }
+  ++m.folded;
+  std::fill_n(ts, terms, -1);
+  std::fill_n(tw, terms, 0.0f);
+  int n = 0;
+  if (m.tail > 0) ts[n] = CausalState::kTail, tw[n++] = row.tail;
+  for (int r = 1; r <= static_cast<int>(row.by_distance.size()); ++r)
+    ts[n] = CausalState::kFirstRecent + (m.oldest + m.recent - r) % capacity, tw[n++] = row.by_distance[r - 1];
+  return true;
+}
+
 void GpuCausalOperator::Impl::decode_prepare(std::span<const int> slots) {
   const int B = static_cast<int>(slots.size());
   for (int i = 0; i < B; ++i) {
@@ -371,53 +485,17 @@ void GpuCausalOperator::Impl::decode_prepare(std::span<const int> slots) {
     for (int j = i + 1; j < B; ++j)
       if (slots[i] == slots[j]) throw Error(fmt::format("a decode step names slot {} twice", slots[i]));
   }
-  const int C = opt.block_size;
-  const int terms = capacity + 1;
-  const StepLayout lay(B, terms);
+  const StepLayout lay(B, capacity + 1);
   char* h = step.host(lay.bytes);
   auto* pos = reinterpret_cast<long long*>(h);
   int* ints = reinterpret_cast<int*>(h + lay.ints_at);
   float* floats = reinterpret_cast<float*>(h + lay.floats_at);
-  int* close_slot = ints + B + 1;
-  int* push_to = close_slot + B;
-  int* fold = push_to + B;
-  int* term_slot = fold + B;
   float* dg = floats;
-  float* term_weight = floats + B;
   int nc = 0;
   for (int i = 0; i < B; ++i) {
     SlotMeta& m = meta[slots[i]];
     ints[i] = slots[i];
-    if (m.position > 0 && m.position - m.folded * C == C) {
-      // Mirror of CausalState::close_block: weights first, then the ring moves.
-      const bool full = m.recent == capacity;
-      const auto row = block_row_weights(weights, opt.policy, m.folded + 1, m.tail + (full ? 1 : 0));
-      close_slot[nc] = slots[i];
-      if (capacity == 0) {
-        fold[nc] = -1;
-        push_to[nc] = -1;
-        ++m.tail;
-      } else if (!full) {
-        fold[nc] = -1;
-        push_to[nc] = CausalState::kFirstRecent + (m.oldest + m.recent) % capacity;
-        ++m.recent;
-      } else {
-        fold[nc] = CausalState::kFirstRecent + m.oldest;
-        push_to[nc] = CausalState::kFirstRecent + m.oldest;
-        ++m.tail;
-        m.oldest = (m.oldest + 1) % capacity;
-      }
-      ++m.folded;
-      int* ts = term_slot + static_cast<size_t>(nc) * terms;
-      float* tw = term_weight + static_cast<size_t>(nc) * terms;
-      std::fill_n(ts, terms, -1);
-      std::fill_n(tw, terms, 0.0f);
-      int n = 0;
-      if (m.tail > 0) ts[n] = CausalState::kTail, tw[n++] = row.tail;
-      for (int r = 1; r <= static_cast<int>(row.by_distance.size()); ++r)
-        ts[n] = CausalState::kFirstRecent + (m.oldest + m.recent - r) % capacity, tw[n++] = row.by_distance[r - 1];
-      ++nc;
-    }
+    if (close_if_full(slots[i], nc, B, ints, floats + B)) ++nc;
     dg[i] = static_cast<float>(effective_weight(weights, opt.policy, m.folded, m.folded));
     pos[i] = m.position;
   }
@@ -543,6 +621,15 @@ void GpuCausalOperator::prefill(int slot, const void* q, const void* k, const vo
   else
     impl_->prefill(slot, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
                    tokens, o);
+}
+
+void GpuCausalOperator::extend(int slot, const void* q, const void* k, const void* v, long long tokens, float* o) {
+  if (impl_->precision == Precision::bf16)
+    impl_->extend(slot, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
+                  static_cast<const __nv_bfloat16*>(v), tokens, o);
+  else
+    impl_->extend(slot, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), tokens,
+                  o);
 }
 
 void GpuCausalOperator::decode(std::span<const int> slots, const void* q, const void* k, const void* v, float* o) {

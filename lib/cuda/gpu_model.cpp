@@ -414,7 +414,7 @@ private:
   }
 
   // Many tokens of one sequence: the whole-sequence prefill from a fresh slot; from a later
-  // position the operator steps token by token (the projections still run over all rows).
+  // position the operator continues block by block.
   void prefill(const DeviceStep& st) {
     const long long n = static_cast<long long>(st.tokens.size());
     Scratch& s = pre_;
@@ -424,8 +424,7 @@ private:
     const int slot = st.slot;
     layers_forward(s, n, false, [&](GpuCausalOperator& op) {
       if (fresh) return op.prefill(slot, s.q.data(), s.k.data(), s.v.data(), n, s.o.data());
-      for (long long t = 0; t < n; ++t)
-        op.decode({&slot, 1}, s.q.data() + t * qw_, s.k.data() + t * kw_, s.v.data() + t * vw_, s.o.data() + t * ow_);
+      op.extend(slot, s.q.data(), s.k.data(), s.v.data(), n, s.o.data());
     });
     if (st.logits != LogitsMode::none) {
       const long long rows = st.logits == LogitsMode::all ? n : 1, step = std::min(rows, kLogitRows);

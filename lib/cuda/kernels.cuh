@@ -86,6 +86,11 @@ struct FinalStateArgs {
 template <class T>
 void final_state(const FinalStateArgs<T>& a, cudaStream_t s);
 
+// out = P + w A over n elements (fp32 state matrices): what a block's queries see before its
+// own triangle, with w the block's diagonal weight.
+template <class T>
+void mixed_prefix(const float* p, const float* a, float w, long long n, T* out, cudaStream_t s);
+
 // The prefill's output in one tensor-core pass (bf16): for every block b and head h,
 // o_b = Q_b P_b + diag[b] tril(Q_b K_b^T) V_b, written once in fp32.
 struct IntraBlockArgs {

@@ -1,5 +1,6 @@
 // The prefill's bookkeeping kernels: the pointer tables of its batched products, the far-tile
-// running sums, and the final state gathered into a slot, each one launch for all key/value heads.
+// running sums, and the final state gathered into a slot, each one launch for all key/value
+// heads; and the prefix a continued block's queries see.
 #include <cuda_bf16.h>
 
 #include "cuda/check.hpp"
@@ -100,7 +101,19 @@ __global__ void final_state_kernel(FinalStateArgs<T> a) {
   *reinterpret_cast<float4*>(a.slot + (static_cast<long long>(matrix_index) * l.kv_heads + g) * l.matrix + e) = value;
 }
 
+template <class T>
+__global__ void mixed_prefix_kernel(const float* p, const float* a, float w, long long n, T* out) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i < n) store(out + i, p[i] + w * a[i]);
+}
+
 }  // namespace
+
+template <class T>
+void mixed_prefix(const float* p, const float* a, float w, long long n, T* out, cudaStream_t s) {
+  mixed_prefix_kernel<<<blocks_for(n), kThreads, 0, s>>>(p, a, w, n, out);
+  MHLA_CUDA_LAUNCHED();
+}
 
 template <class T>
 void prefill_pointers(const PrefillPointerArgs<T>& a, cudaStream_t s) {
@@ -122,6 +135,8 @@ void final_state(const FinalStateArgs<T>& a, cudaStream_t s) {
   MHLA_CUDA_LAUNCHED();
 }
 
+template void mixed_prefix<float>(const float*, const float*, float, long long, float*, cudaStream_t);
+template void mixed_prefix<__nv_bfloat16>(const float*, const float*, float, long long, __nv_bfloat16*, cudaStream_t);
 template void prefill_pointers<float>(const PrefillPointerArgs<float>&, cudaStream_t);
 template void prefill_pointers<__nv_bfloat16>(const PrefillPointerArgs<__nv_bfloat16>&, cudaStream_t);
 template void far_sums<float>(const float*, int, float*, const PrefillLayout&, cudaStream_t);

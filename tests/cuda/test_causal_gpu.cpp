@@ -102,6 +102,88 @@ TEST_CASE("GPU prefill matches the float64 reference and leaves the CPU's state"
       }
 }
 
+TEST_CASE("GPU extend continues a sequence block by block as the CPU does", "[gpu][prefill]") {
+  std::mt19937_64 rng(36);
+  struct Case {
+    HeadLayout layout;
+    int C, L;
+    ContextPolicy policy;
+    std::vector<long long> pieces;  // the first from a fresh slot by prefill, unless 0; the rest by extend
+  };
+  const std::vector<Case> cases = {
+      // From a fresh slot by extend, mid-block and on block boundaries, far past the window.
+      {{2, 2, 8, 8}, 4, 4, ContextPolicy::slide_mean, {0, 5, 3, 4, 1, 30}},
+      {{4, 2, 16, 12}, 4, 4, ContextPolicy::slide, {9, 7, 16, 2}},
+      {{2, 1, 6, 4}, 4, 4, ContextPolicy::strict, {6, 5, 5}},  // exactly the trained window
+      {{4, 4, 16, 16}, 8, 6, ContextPolicy::slide_mean, {40, 1, 63, 100}},
+  };
+  for (const Case& c : cases)
+    for (auto fm : {FeatureMap::relu, FeatureMap::elu1})
+      for (bool rotary : {false, true}) {
+        long long T = 0;
+        for (long long p : c.pieces) T += p;
+        INFO(fmt::format("H{} Hkv{} C{} L{} {} {} rotary={} T={}", c.layout.heads, c.layout.kv_heads, c.C, c.L,
+                         to_string(c.policy), to_string(fm), rotary, T));
+        const auto opt = options_of({c.layout, c.C, c.L, fm, rotary, c.policy, T, c.L});
+        const auto mixing = MixingWeights::from_learned(test::random_vector(rng, c.L * c.L, -0.2f, 1.2f), c.L);
+        const auto in = test::random_inputs(rng, c.layout, T);
+        const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T);
+        cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::f32, c.L);
+        auto q = test::to_device<float>(in.q), k = test::to_device<float>(in.k), v = test::to_device<float>(in.v);
+        auto o = test::poisoned_output(static_cast<size_t>(T) * c.layout.heads * c.layout.dv);
+        const int slot = gpu.acquire();
+        const auto& L = c.layout;
+        long long t0 = 0;
+        for (size_t i = 0; i < c.pieces.size(); ++i) {
+          const long long n = c.pieces[i];
+          if (n == 0) continue;
+          const float* qp = q.get() + t0 * L.heads * L.dk;
+          const float* kp = k.get() + t0 * L.kv_heads * L.dk;
+          const float* vp = v.get() + t0 * L.kv_heads * L.dv;
+          float* op = o.get() + t0 * L.heads * L.dv;
+          if (i == 0)
+            gpu.prefill(slot, qp, kp, vp, n, op);
+          else
+            gpu.extend(slot, qp, kp, vp, n, op);
+          t0 += n;
+          CHECK(gpu.position(slot) == t0);
+        }
+        gpu.synchronize();
+        const auto out = test::from_device(o);
+        REQUIRE(all_finite(out));
+        CHECK(relative_error(out, ref) <= 1e-5);
+        const CausalOperator cpu(opt, mixing);
+        CausalState st = cpu.new_state();
+        std::vector<float> cpu_out(out.size());
+        cpu.prefill(st, in.q.data(), in.k.data(), in.v.data(), T, cpu_out.data(), 7);
+        CHECK(state_difference(gpu.download(slot), st) <= 1e-5);
+      }
+  // bf16 inputs: within bf16 accuracy of the reference on rounded inputs.
+  CausalOptions opt;
+  opt.layout = {4, 4, 32, 64};
+  opt.block_size = 16;
+  opt.rotary = true;
+  opt.policy = ContextPolicy::slide_mean;
+  const auto mixing = MixingWeights::locality_init(8);
+  cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::bf16, 8);
+  const long long T = 342;
+  auto in = test::random_inputs(rng, opt.layout, T);
+  in.q = test::round_bf16(in.q);
+  in.k = test::round_bf16(in.k);
+  in.v = test::round_bf16(in.v);
+  const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T);
+  auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
+       v = test::to_device<__nv_bfloat16>(in.v);
+  auto o = test::poisoned_output(static_cast<size_t>(T) * 4 * 64);
+  const int slot = gpu.acquire();
+  gpu.prefill(slot, q.get(), k.get(), v.get(), 100, o.get());
+  gpu.extend(slot, q.get() + 100 * 4 * 32, k.get() + 100 * 4 * 32, v.get() + 100 * 4 * 64, 242, o.get() + 100 * 4 * 64);
+  gpu.synchronize();
+  const auto out = test::from_device(o);
+  REQUIRE(all_finite(out));
+  CHECK(relative_error(out, ref) <= 2e-2);
+}
+
 TEST_CASE("GPU decode steps match the CPU across boundaries and past the window", "[gpu][decode]") {
   std::mt19937_64 rng(32);
   for (auto policy : {ContextPolicy::strict, ContextPolicy::slide_mean})
