@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,25 @@ int main(int argc, char** argv) try {
         1, 5);
     const double floor_ms = 2.0 * layer_params * N / ceil.flops * 1e3;
     report("model prefill N=" + std::to_string(N), ms, floor_ms, double(N));
+  }
+
+  // Prefill of a 32K prompt sent in 4K pieces, as the server feeds long prompts: the first
+  // piece runs the whole-sequence prefill, every later one continues from a non-zero position.
+  if (wanted("model prefill N=32768 in 4096-token pieces")) {
+    const long long N = 32768, piece = 4096;
+    const auto prompt = ids(static_cast<size_t>(N), cfg.vocab_size);
+    std::vector<float> logits;
+    const double ms = median_wall_ms(
+        [&] {
+          const mhla::DeviceSlot s(*dev);
+          for (long long at = 0; at < N; at += piece) {
+            const mhla::DeviceStep step{s.slot(), std::span<const int>(prompt).subspan(at, piece),
+                                        at + piece == N ? mhla::LogitsMode::last : mhla::LogitsMode::none, &logits};
+            dev->forward({&step, 1});
+          }
+        },
+        1, 5);
+    report("model prefill N=32768 in 4096-token pieces", ms, 2.0 * layer_params * N / ceil.flops * 1e3, double(N));
   }
 
   // Decode: B sequences at context N (one prefilled, the rest forked from it), 128 steps timed
