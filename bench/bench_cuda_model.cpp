@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_ceilings.hpp"
@@ -112,7 +113,8 @@ int main(int argc, char** argv) try {
 
   // Decode: B sequences at context N (one prefilled, the rest forked from it), 128 steps timed
   // so block boundaries come at their natural rate; then without logits, what moving them to
-  // the host costs.
+  // the host costs; then with the next token sampled on the device (greedy, and temperature
+  // 0.8 with top-p 0.95 over the whole vocabulary), only ids crossing to the host.
   auto decode_figures = [&](mhla::DeviceModel& d, long long N, const std::string& suffix, bool without_logits) {
     std::vector<mhla::DeviceSlot> slots;
     for (int B : {1, 64}) {
@@ -143,6 +145,18 @@ int main(int argc, char** argv) try {
       if (!without_logits) continue;
       for (auto& st : batch) st.logits = mhla::LogitsMode::none;
       report(name + " no logits", time_steps(), floor_ms, double(B));
+      std::vector<mhla::Sampler> samplers;
+      std::vector<mhla::DeviceSampling> sampled(B);
+      for (const auto& [label, temperature, top_p] :
+           {std::tuple{" sampled greedy", 0.0f, 1.0f}, std::tuple{" sampled top-p", 0.8f, 0.95f}}) {
+        samplers.assign(B, mhla::Sampler(mhla::SamplingParams{temperature, 0, top_p}));
+        for (int i = 0; i < B; ++i) {
+          sampled[i] = {&samplers[i], {}};
+          batch[i].sampling = &sampled[i];
+        }
+        report(name + label, time_steps(), floor_ms, double(B));
+      }
+      for (auto& st : batch) st.sampling = nullptr;
     }
   };
   for (long long N : {1024LL, 8192LL, 32768LL, 131072LL}) decode_figures(*dev, N, "", true);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "mhla/model.hpp"
+#include "mhla/sampling.hpp"
 
 namespace mhla {
 
@@ -40,12 +41,24 @@ struct DeviceModelOptions {
   bool batch_invariant = false;
 };
 
+// The next token sampled on the device from a step's last logits, so that only its id crosses
+// to the host: Sampler::sample's rules with the sampler's parameters and random sequence, which
+// advances as sample() would. Sums are taken in another order than on the CPU, so a draw that
+// falls within rounding of a boundary between two tokens may pick the other one.
+struct DeviceSampling {
+  Sampler* sampler = nullptr;
+  std::span<const int> history;  // for the repetition penalty, as sample()'s
+  int token = -1;                // out: the id chosen, or -1 with `error`
+  std::string error = {};        // out: sample()'s message for bad logits; the sampler is then as it was
+};
+
 // One sequence's share of a forward call on a device.
 struct DeviceStep {
   int slot = -1;
   std::span<const int> tokens;
   LogitsMode logits = LogitsMode::last;
   std::vector<float>* logits_out = nullptr;  // resized to vocab (last) or tokens*vocab (all)
+  DeviceSampling* sampling = nullptr;        // sample the next token here too (logits may be none)
 };
 
 class DeviceModel {

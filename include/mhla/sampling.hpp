@@ -38,6 +38,17 @@ public:
   // a history id is outside the vocabulary.
   int sample(std::span<const float> logits, std::span<const int> history = {});
 
+  // What sample() takes from the sampler besides the logits, for sampling them elsewhere (on a
+  // device) by the same rules: the distinct history ids the repetition penalty applies to, in
+  // ascending order, and the uniform number of the draw (0 when greedy, which draws none).
+  // Advances the generator as sample() does. Throws mhla::Error when a history id is outside
+  // a vocabulary of `vocab` tokens.
+  struct Draw {
+    std::vector<int> penalized;
+    double uniform = 0.0;
+  };
+  Draw draw(std::span<const int> history, int vocab);
+
   const SamplingParams& params() const { return params_; }
   void set_params(SamplingParams params);  // keeps the random generator where it is
   void reseed(std::uint64_t seed);         // restarts the random sequence from seed

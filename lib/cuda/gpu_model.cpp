@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <fmt/format.h>
 #include <map>
+#include <optional>
 #include <set>
 #include <type_traits>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/model_kernels.cuh"
+#include "cuda/row_sampler.hpp"
 #include "cuda/small_batch.cuh"
 #include "mhla/cuda.hpp"
 #include "mhla/error.hpp"
@@ -137,6 +139,7 @@ public:
     reserve(dec_, opt_.max_sequences);
     dec_.logits.resize(static_cast<size_t>(opt_.max_sequences) * V_);
     host_logits_ = std::make_unique<PinnedFloats>(static_cast<size_t>(opt_.max_sequences) * V_);
+    sampler_.emplace(V_, opt_.max_sequences);
     name_ = fmt::format("{} ({}{}{})", device_name(0), to_string(opt_.precision), opt_.cuda_graphs ? ", CUDA graphs" : "",
                         opt_.batch_invariant ? ", batch-invariant" : "");
   }
@@ -184,15 +187,25 @@ public:
   void forward(std::span<const DeviceStep> batch) override {
     check(batch);
     std::vector<const DeviceStep*> singles;
-    for (const auto& s : batch) {
+    std::vector<int> rows(batch.size());  // where each step's last logits will be
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const DeviceStep& s = batch[i];
       // Every element is written below; resize keeps a vector's memory from step to step.
       if (s.logits != LogitsMode::none)
         s.logits_out->resize((s.logits == LogitsMode::all ? s.tokens.size() : 1) * static_cast<size_t>(V_));
-      if (s.tokens.size() == 1) singles.push_back(&s);
+      if (s.tokens.size() == 1) {
+        rows[i] = static_cast<int>(singles.size());
+        singles.push_back(&s);
+      } else {
+        const long long n = head_rows(s);
+        rows[i] = static_cast<int>((n - 1) % std::min(n, kLogitRows));  // in the last piece of the head
+      }
     }
+    sampler_->begin(batch, rows, stream_);
     if (!singles.empty()) decode(singles);
     for (const auto& s : batch)
       if (s.tokens.size() > 1) prefill(s);
+    sampler_->finish(stream_);
   }
 
 private:
@@ -220,6 +233,8 @@ private:
       if (!seen.insert(s.slot).second) throw Error(fmt::format("a forward call names state slot {} twice", s.slot));
       if (s.logits != LogitsMode::none && !s.logits_out) throw Error("logits were asked for without an output vector");
       if (s.logits != LogitsMode::none && s.tokens.empty()) throw Error("logits were asked for with no tokens");
+      if (s.sampling && !s.sampling->sampler) throw Error("sampling on the device was asked for without a sampler");
+      if (s.sampling && s.tokens.empty()) throw Error("sampling on the device was asked for with no tokens");
       for (size_t i = 0; i < s.tokens.size(); ++i)
         if (s.tokens[i] < 0 || s.tokens[i] >= V_)
           throw Error(fmt::format("token id {} (at index {}) is outside the vocabulary of {} tokens", s.tokens[i], i, V_));
@@ -407,10 +422,16 @@ private:
     if (any)
       MHLA_CUDA_CHECK(cudaMemcpyAsync(host_logits_->data(), s.logits.data(), static_cast<size_t>(B) * V_ * sizeof(float),
                                       cudaMemcpyDeviceToHost, stream_));
+    sampler_->launch_decode(s.logits.data(), stream_);  // after the copy: it penalizes in place
     MHLA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (int i = 0; i < B; ++i)
       if (seqs[i]->logits != LogitsMode::none)
         std::copy_n(host_logits_->data() + static_cast<size_t>(i) * V_, V_, seqs[i]->logits_out->data());
+  }
+
+  // The rows of a prefill's head: every token's for all logits, else the last one's.
+  static long long head_rows(const DeviceStep& st) {
+    return st.logits == LogitsMode::all ? static_cast<long long>(st.tokens.size()) : 1;
   }
 
   // Many tokens of one sequence: the whole-sequence prefill from a fresh slot; from a later
@@ -426,15 +447,18 @@ private:
       if (fresh) return op.prefill(slot, s.q.data(), s.k.data(), s.v.data(), n, s.o.data());
       op.extend(slot, s.q.data(), s.k.data(), s.v.data(), n, s.o.data());
     });
-    if (st.logits != LogitsMode::none) {
-      const long long rows = st.logits == LogitsMode::all ? n : 1, step = std::min(rows, kLogitRows);
+    if (st.logits != LogitsMode::none || st.sampling) {
+      const long long rows = head_rows(st), step = std::min(rows, kLogitRows);
       s.logits.resize(static_cast<size_t>(step) * V_);
       for (long long r0 = 0; r0 < rows; r0 += step) {
         const long long m = std::min(step, rows - r0);
         head(s, n - rows + r0, m, false);
-        MHLA_CUDA_CHECK(cudaMemcpyAsync(st.logits_out->data() + r0 * V_, s.logits.data(),
-                                        static_cast<size_t>(m) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+        if (st.logits != LogitsMode::none)
+          MHLA_CUDA_CHECK(cudaMemcpyAsync(st.logits_out->data() + r0 * V_, s.logits.data(),
+                                          static_cast<size_t>(m) * V_ * sizeof(float), cudaMemcpyDeviceToHost,
+                                          stream_));
       }
+      sampler_->launch(st, s.logits.data(), stream_);
     }
     MHLA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
@@ -453,6 +477,7 @@ private:
   DeviceBuffer<float> final_norm_;
   Scratch dec_, pre_;
   std::unique_ptr<PinnedFloats> host_logits_;
+  std::optional<RowSampler> sampler_;
   std::map<int, std::unique_ptr<Graph>> graphs_;
 };
 

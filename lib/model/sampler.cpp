@@ -42,19 +42,23 @@ void check_logits(std::span<const float> logits) {
   if (!any) throw Error("sampling: every logit is -inf");
 }
 
-// Each distinct token of the window is penalized once, however often it occurred.
-void apply_repeat_penalty(std::vector<float>& logits, std::span<const int> history,
-                          const SamplingParams& p) {
-  if (p.repeat_penalty == 1.0f || history.empty()) return;
+// The distinct tokens of the window: each is penalized once, however often it occurred.
+std::vector<int> penalized_ids(std::span<const int> history, const SamplingParams& p, std::size_t vocab) {
+  if (p.repeat_penalty == 1.0f || history.empty()) return {};
   const std::size_t window =
       p.repeat_window == 0 ? history.size() : std::min(history.size(), std::size_t(p.repeat_window));
   std::vector<int> seen(history.end() - std::ptrdiff_t(window), history.end());
   std::sort(seen.begin(), seen.end());
   seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-  for (const int id : seen) {
-    if (id < 0 || std::size_t(id) >= logits.size())
-      throw Error(fmt::format("sampling: history token {} is outside the vocabulary of {}", id,
-                              logits.size()));
+  for (const int id : seen)
+    if (id < 0 || std::size_t(id) >= vocab)
+      throw Error(fmt::format("sampling: history token {} is outside the vocabulary of {}", id, vocab));
+  return seen;
+}
+
+void apply_repeat_penalty(std::vector<float>& logits, std::span<const int> history,
+                          const SamplingParams& p) {
+  for (const int id : penalized_ids(history, p, logits.size())) {
     float& x = logits[std::size_t(id)];
     x = x > 0.0f ? x / p.repeat_penalty : x * p.repeat_penalty;
   }
@@ -165,6 +169,13 @@ int Sampler::sample(std::span<const float> logits, std::span<const int> history)
     if (u < cum) return c.id;
   }
   return cands.back().id;  // u fell past the last partial sum through rounding
+}
+
+Sampler::Draw Sampler::draw(std::span<const int> history, int vocab) {
+  Draw d;
+  d.penalized = penalized_ids(history, params_, std::size_t(std::max(vocab, 0)));
+  if (params_.temperature != 0.0f) d.uniform = uniform();
+  return d;
 }
 
 // The classic locale keeps the digits free of grouping marks whatever the global locale is.

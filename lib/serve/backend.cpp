@@ -132,7 +132,8 @@ void Backend::forward(std::span<const SequenceRun> batch, std::span<const std::s
   std::vector<DeviceStep> steps;
   steps.reserve(group.size());
   for (const std::size_t i : group)
-    steps.push_back({batch[i].seq->slot.slot(), batch[i].tokens, batch[i].logits, &batch[i].seq->next_logits});
+    steps.push_back(
+        {batch[i].seq->slot.slot(), batch[i].tokens, batch[i].logits, &batch[i].seq->next_logits, batch[i].sampling});
   batch[group.front()].seq->slot.device()->forward(steps);
 }
 

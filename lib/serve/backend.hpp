@@ -27,6 +27,7 @@ struct SequenceRun {
   Sequence* seq = nullptr;
   std::span<const int> tokens;
   LogitsMode logits = LogitsMode::last;
+  DeviceSampling* sampling = nullptr;  // on the GPU: the next token sampled there too
 };
 
 class Backend {

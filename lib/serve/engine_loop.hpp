@@ -43,6 +43,7 @@ struct Choice {
   std::optional<StopChecker> checker;
   std::optional<TextStream> text;
   int feed = -1;          // sampled and sent, not yet run through the model
+  DeviceSampling sampled;  // the next token when the step running `feed` sampled it on the GPU
   bool finished = false;
   std::string shown;      // the text sent
   Clock::time_point last_token;

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <fmt/format.h>
 #include <numeric>
+#include <utility>
 
+#include "mhla/error.hpp"
 #include "serve/engine_loop.hpp"
 
 namespace mhla::serve {
@@ -44,7 +46,18 @@ void Engine::Loop::step() {
   for (auto& t : tasks)
     for (auto& ch : t->choices)
       if (ch.feed >= 0 && !t->aborted) {
-        batch.push_back({ch.seq, {&ch.feed, 1}, LogitsMode::last});
+        ch.seq->history.push_back(ch.feed);  // taken back if the step fails
+        SequenceRun run{ch.seq, {&ch.feed, 1}, LogitsMode::last};
+        // On a GPU a stateless request's next token is sampled there, so only its id comes
+        // back. A session keeps host sampling: its last logits must stay for a later turn
+        // (a continuation, a checkpoint) even when the reply is cancelled; so do requests
+        // showing log-probabilities.
+        if (backend.on_device() && !t->session && !ch.finished && t->cmd.gen->top_logprobs < 0) {
+          ch.sampled = DeviceSampling{&ch.seq->sampler, ch.seq->history};
+          run.logits = LogitsMode::none;
+          run.sampling = &ch.sampled;
+        }
+        batch.push_back(run);
         decodes.emplace_back(t.get(), &ch);
       }
   // Prefill takes what the decodes leave of the budget, in whole pieces, first come first
@@ -82,9 +95,11 @@ void Engine::Loop::step() {
       // forward() checks every sequence before it changes any state, so nothing moved.
       log.error("step_failed", {{"reason", e.what()}});
       for (const std::size_t i : group)
-        if (i < decodes.size())
+        if (i < decodes.size()) {
+          decodes[i].second->seq->history.pop_back();
+          decodes[i].second->sampled = {};
           decodes[i].first->job->cancel();
-        else
+        } else
           abort(*prefills[i - decodes.size()].first,
                 ApiError(500, fmt::format("the model refused the input: {}", e.what())));
       continue;
@@ -97,7 +112,6 @@ void Engine::Loop::step() {
   for (std::size_t i = 0; i < decodes.size(); ++i) {
     if (!ran[i]) continue;
     auto [t, ch] = decodes[i];
-    ch->seq->history.push_back(ch->feed);
     ch->feed = -1;
     if (!ch->finished && !t->aborted) guarded(*t, [&, t = t, ch = ch] { sample_next(*t, *ch); });
   }
@@ -166,6 +180,7 @@ void Engine::Loop::start_choices(Task& t) {
 
 void Engine::Loop::sample_next(Task& t, Choice& ch) {
   Sequence& s = *ch.seq;
+  const DeviceSampling sampled = std::exchange(ch.sampled, {});
   // Every sampled token is run through the model, so under strict the last token that fits
   // is the last one.
   if (s.state.policy == ContextPolicy::strict && s.position() >= model.trained_window()) {
@@ -177,7 +192,8 @@ void Engine::Loop::sample_next(Task& t, Choice& ch) {
     return;
   }
   const GenerationSpec& g = *t.cmd.gen;
-  const int id = s.sampler.sample(s.next_logits, s.history);
+  if (sampled.sampler && !sampled.error.empty()) throw Error(sampled.error);
+  const int id = sampled.sampler ? sampled.token : s.sampler.sample(s.next_logits, s.history);
   Token ev;
   ev.choice = ch.index;
   ev.id = id;

@@ -1,5 +1,6 @@
 // mhla-server on the GPU (--device cuda), in this process on loopback, against the same server
-// on the CPU: greedy completions (whole, streamed, n > 1) give the CPU's tokens at f32, session
+// on the CPU: greedy completions (whole, streamed, n > 1) and sampled ones (sampled on the
+// device, or on the host with log-probabilities) give the CPU's tokens at f32, session
 // turns prefill only their new text and every session operation (fork, append, undo,
 // regenerate, a policy change that moves the state to another device model) gives the CPU's results,
 // checkpoints move between the GPU and the CPU both ways, and with few state slots sessions go
@@ -148,6 +149,29 @@ TEST_CASE("GPU server: greedy completions give the CPU server's tokens at f32", 
     for (const auto& ch : choices) CHECK(ch["token_ids"] == expected["token_ids"]);
   }
   // Every slot is back once the requests are done.
+  CHECK(settled_metric(gc, "mhla_device_state_slots_in_use", 0) == 0);
+}
+
+TEST_CASE("GPU server: sampled completions, sampled on the device, give the CPU server's tokens at f32",
+          "[gpu][server]") {
+  TestServer cpu(on("cpu")), gpu(on("cuda"));
+  const auto cc = cpu.client(), gc = gpu.client();
+  const json rules[] = {
+      {{"temperature", 0.9}, {"seed", 5}},
+      {{"temperature", 0.8}, {"top_p", 0.9}, {"top_k", 20}, {"repetition_penalty", 1.2}, {"seed", 6}},
+      {{"temperature", 1.3}, {"min_p", 0.05}, {"seed", 7}, {"n", 3}},
+      // Log-probabilities need the logits on the host: sampled there.
+      {{"temperature", 0.9}, {"seed", 8}, {"logprobs", true}, {"top_logprobs", 2}},
+  };
+  for (const json& rule : rules) {
+    INFO(rule.dump());
+    json body = {{"prompt", "Once upon a time there was"}, {"max_tokens", 32}, {"ignore_eos", true}};
+    body.update(rule);
+    const json expected = post(cc, "/v1/completions", body)["choices"];
+    const json got = post(gc, "/v1/completions", body)["choices"];
+    REQUIRE(got.size() == expected.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i]["token_ids"] == expected[i]["token_ids"]);
+  }
   CHECK(settled_metric(gc, "mhla_device_state_slots_in_use", 0) == 0);
 }
 

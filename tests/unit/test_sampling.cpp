@@ -348,3 +348,32 @@ TEST_CASE("invalid stop criteria are rejected", "[sampling]") {
   c.max_tokens = -1;
   CHECK_THROWS_WITH(StopChecker(c), Catch::Contains("max_tokens"));
 }
+
+TEST_CASE("draw takes from the generator what sample takes, and the penalty's ids", "[sampling]") {
+  const auto logits = random_logits(50, 3);
+  SamplingParams p = params(0.8f, 21);
+  p.repeat_penalty = 1.3f;
+  p.repeat_window = 4;
+  Sampler a(p), b(p);
+  const std::vector<int> history{9, 2, 7, 2, 40, 7};
+  for (int i = 0; i < 5; ++i) {
+    const Sampler::Draw d = a.draw(history, 50);
+    CHECK(d.penalized == std::vector<int>{2, 7, 40});  // the last 4, distinct, ascending
+    CHECK(d.uniform >= 0.0);
+    CHECK(d.uniform < 1.0);
+    b.sample(logits, history);
+  }
+  CHECK(a.sample(logits, history) == b.sample(logits, history));
+  CHECK(a.save_rng() == b.save_rng());
+
+  // Greedy takes no random number; a penalty of 1 applies to nothing.
+  SamplingParams g = params(0.0f, 21);
+  Sampler c(g), d(g);
+  const Sampler::Draw none = c.draw(history, 50);
+  CHECK(none.uniform == 0.0);
+  CHECK(none.penalized.empty());
+  CHECK(c.save_rng() == d.save_rng());
+
+  CHECK_THROWS_WITH(a.draw(std::vector<int>{3, 50}, 50),
+                    Catch::Contains("history token 50 is outside the vocabulary of 50"));
+}

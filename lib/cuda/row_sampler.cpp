@@ -1,0 +1,77 @@
+#include "cuda/row_sampler.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "mhla/error.hpp"
+
+namespace mhla::cuda {
+
+RowSampler::RowSampler(int vocab, int max_rows) : vocab_(vocab), out_(static_cast<size_t>(max_rows)) {}
+
+void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> rows, cudaStream_t stream) {
+  entries_.clear();
+  decoding_ = 0;
+  std::vector<SampleRow> args;
+  std::vector<int> penalized;
+  try {
+    for (const bool one : {true, false})
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const DeviceStep& s = batch[i];
+        if (!s.sampling || (s.tokens.size() == 1) != one) continue;
+        Sampler& sampler = *s.sampling->sampler;
+        entries_.push_back({&s, sampler});
+        const Sampler::Draw d = sampler.draw(s.sampling->history, vocab_);
+        const SamplingParams& p = sampler.params();
+        args.push_back({p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, rows[i],
+                        static_cast<int>(penalized.size()), static_cast<int>(d.penalized.size()), d.uniform});
+        penalized.insert(penalized.end(), d.penalized.begin(), d.penalized.end());
+        decoding_ += one ? 1 : 0;
+      }
+  } catch (...) {
+    for (auto& e : entries_) *e.step->sampling->sampler = e.before;
+    entries_.clear();
+    throw;
+  }
+  if (entries_.empty()) return;
+  const size_t row_bytes = args.size() * sizeof(SampleRow), bytes = row_bytes + penalized.size() * sizeof(int);
+  char* host = args_.host(bytes);
+  std::copy(args.begin(), args.end(), reinterpret_cast<SampleRow*>(host));
+  std::copy(penalized.begin(), penalized.end(), reinterpret_cast<int*>(host + row_bytes));
+  char* dev = args_.send(bytes, stream);
+  rows_dev_ = reinterpret_cast<SampleRow*>(dev);
+  penalized_dev_ = reinterpret_cast<const int*>(dev + row_bytes);
+}
+
+void RowSampler::launch_decode(float* logits, cudaStream_t stream) {
+  sample_rows(logits, vocab_, vocab_, decoding_, rows_dev_, penalized_dev_, out_.data(), stream);
+}
+
+void RowSampler::launch(const DeviceStep& step, float* logits, cudaStream_t stream) {
+  for (size_t e = static_cast<size_t>(decoding_); e < entries_.size(); ++e)
+    if (entries_[e].step == &step)
+      sample_rows(logits, vocab_, vocab_, 1, rows_dev_ + e, penalized_dev_, out_.data() + e, stream);
+}
+
+void RowSampler::finish(cudaStream_t stream) {
+  if (entries_.empty()) return;
+  out_host_.resize(entries_.size());
+  MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_.data(), out_.data(), entries_.size() * sizeof(SampleOutcome),
+                                  cudaMemcpyDeviceToHost, stream));
+  MHLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (size_t e = 0; e < entries_.size(); ++e) {
+    DeviceSampling& s = *entries_[e].step->sampling;
+    const SampleOutcome& o = out_host_[e];
+    s.token = o.status == SampleStatus::ok ? o.id : -1;
+    s.error.clear();
+    if (o.status == SampleStatus::bad_logit)
+      s.error = fmt::format("sampling: logit of token {} is {}", o.id, o.value);
+    else if (o.status == SampleStatus::all_neg_inf)
+      s.error = "sampling: every logit is -inf";
+    if (!s.error.empty()) *s.sampler = entries_[e].before;
+  }
+  entries_.clear();
+}
+
+}  // namespace mhla::cuda
