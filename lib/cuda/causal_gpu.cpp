@@ -75,7 +75,7 @@ struct GpuCausalOperator::Impl {
 
   // Scratch, grown as needed.
   DeviceBuffer<char> qf, kf, S, P, scores, vtail;
-  DeviceBuffer<float> tsum, unit;  // unit: 1.0f, the diagonal weight of pre-scaled scores
+  DeviceBuffer<float> tsum, unit;  // unit: 1.0f per head, the diagonal weight of pre-scaled scores
   DeviceBuffer<const void*> pointers;
   DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
@@ -127,9 +127,9 @@ struct GpuCausalOperator::Impl {
     MHLA_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, 0));
     split_out.resize(static_cast<size_t>(2 * multiprocessors / L.kv_heads + 1) * L.heads * L.dv);
     theta = rotary_frequencies(opt.rotary_base, L.dk);
-    const float one = 1.0f;
-    unit.resize(1);
-    MHLA_CUDA_CHECK(cudaMemcpy(unit.data(), &one, sizeof(float), cudaMemcpyHostToDevice));
+    const std::vector<float> ones(static_cast<size_t>(L.heads), 1.0f);
+    unit.resize(ones.size());
+    MHLA_CUDA_CHECK(cudaMemcpy(unit.data(), ones.data(), ones.size() * sizeof(float), cudaMemcpyHostToDevice));
     MHLA_CUBLAS_CHECK(cublasCreate(&blas));
     MHLA_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream, cudaStreamNonBlocking));
     stream = own_stream;
@@ -394,50 +394,80 @@ void GpuCausalOperator::Impl::extend(int s, const T* q, const T* k, const T* v, 
   features(k, Kf, fa, stream);
   P.resize(Hkv * me * el);  // the mixed prefix P + w A of each kv head, in T
   T* mixed = reinterpret_cast<T*>(P.data());
-  scores.resize(static_cast<size_t>(C) * C * el);
+  scores.resize(static_cast<size_t>(H) * C * C * el);
   T* Sc = reinterpret_cast<T*>(scores.data());
+
+  // The plan, made on the host first: the pieces (the rest of the current block, then whole
+  // blocks), the block each one closes first (as the decode step does) and its weight on the
+  // running block; with the pointer tables of its per-head products it goes to the device in
+  // one copy, so the pieces then run without waiting for the host.
+  struct Piece {
+    long long t0;
+    int rows;
+    float w;
+    bool close;
+  };
+  std::vector<Piece> pieces;
+  for (long long t0 = 0, pos = m.position; t0 < n;) {
+    const long long take = std::min(n - t0, C - pos % C);
+    pieces.push_back({t0, static_cast<int>(take), 0.0f, false});
+    t0 += take, pos += take;
+  }
   const StepLayout lay(1, capacity + 1);
-  for (long long t0 = 0; t0 < n;) {
-    // A full block closes first, as in the decode step.
-    char* table = step.host(lay.bytes);
+  const size_t close_bytes = (lay.bytes + 15) / 16 * 16, ptr_count = 9 * static_cast<size_t>(H);
+  const size_t piece_bytes = close_bytes + ptr_count * sizeof(void*);
+  char* host = step.host(pieces.size() * piece_bytes);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    Piece& pc = pieces[i];
+    char* table = host + i * piece_bytes;
     int* ints = reinterpret_cast<int*>(table + lay.ints_at);
-    if (close_if_full(s, 0, 1, ints, reinterpret_cast<float*>(table + lay.floats_at) + 1)) {
-      ints[0] = s;
-      ints[1] = 1;
-      const char* d = step.send(lay.bytes, stream);
+    pc.close = close_if_full(s, 0, 1, ints, reinterpret_cast<float*>(table + lay.floats_at) + 1);
+    ints[0] = s;
+    ints[1] = 1;
+    pc.w = static_cast<float>(effective_weight(weights, opt.policy, m.folded, m.folded));
+    // Per head h of group g: [Q_h, mixed_g, O_h], [Q_h, K_g, scores_h], [scores_h, V_g, O_h].
+    const void** ptr = reinterpret_cast<const void**>(table + close_bytes);
+    for (int h = 0; h < H; ++h) {
+      const int g = h / G;
+      const T* Qh = Qf + pc.t0 * H * dk + h * dk;
+      float* Oh = o + pc.t0 * H * dv + h * dv;
+      const T* Sh = Sc + static_cast<size_t>(h) * C * C;
+      ptr[h] = Qh, ptr[H + h] = mixed + g * me, ptr[2 * H + h] = Oh;
+      ptr[3 * H + h] = Qh, ptr[4 * H + h] = Kf + pc.t0 * Hkv * dk + g * dk, ptr[5 * H + h] = Sh;
+      ptr[6 * H + h] = Sh, ptr[7 * H + h] = v + pc.t0 * Hkv * dv + g * dv, ptr[8 * H + h] = Oh;
+    }
+    m.position += pc.rows;
+  }
+  const char* dev = step.send(pieces.size() * piece_bytes, stream);
+
+  // Each piece: o = Q (P + w A) + w tril(Q K^T) V, then A += K^T V.
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const Piece& pc = pieces[i];
+    const char* d = dev + i * piece_bytes;
+    if (pc.close) {
       const int* d_int = reinterpret_cast<const int*>(d + lay.ints_at);
       const int* close = d_int + 2;
       close_blocks(CloseBlockArgs{1, d_int + 1, Hkv, me, pool.data(), slot_stride, capacity + 1, close, close + 1,
                                   close + 2, close + 3, reinterpret_cast<const float*>(d + lay.floats_at) + 1},
                    stream);
     }
-    // This block's piece: o = Q (P + w A) + w tril(Q K^T) V, then A += K^T V.
-    const long long take = std::min(n - t0, C - (m.position - m.folded * C));
-    const int rows = static_cast<int>(take);
-    const float w = static_cast<float>(effective_weight(weights, opt.policy, m.folded, m.folded));
-    mixed_prefix(matrix(s, CausalState::kPrefix, 0), matrix(s, CausalState::kRunning, 0), w, Hkv * me, mixed, stream);
-    const T* Qp = Qf + t0 * H * dk;
-    const T* Kp = Kf + t0 * Hkv * dk;
-    const T* Vp = v + t0 * Hkv * dv;
-    float* Op = o + t0 * H * dv;
-    for (int h = 0; h < H; ++h) {
-      const int g = h / G;
-      gemm(blas, RowMajorGemm{false, false, rows, dv, dk, Qp + h * dk, H * dk, 0, mixed + g * me, dv, 0, Op + h * dv,
-                              H * dv, 0},
-           dt, CUDA_R_32F);
-      gemm(blas, RowMajorGemm{false, true, rows, rows, dk, Qp + h * dk, H * dk, 0, Kp + g * dk, Hkv * dk, 0, Sc, C, 0, 1, w},
-           dt, dt);
-      mask_scale_triangle(Sc, 1, C, unit.data(), stream);
-      gemm(blas, RowMajorGemm{false, false, rows, dv, rows, Sc, C, 0, Vp + g * dv, Hkv * dv, 0, Op + h * dv, H * dv, 0,
-                              1, 1.0f, 1.0f},
-           dt, CUDA_R_32F);
-    }
-    for (int g = 0; g < Hkv; ++g)
-      gemm(blas, RowMajorGemm{true, false, dk, dv, rows, Kp + g * dk, Hkv * dk, 0, Vp + g * dv, Hkv * dv, 0,
-                              matrix(s, CausalState::kRunning, g), dv, 0, 1, 1.0f, 1.0f},
-           dt, CUDA_R_32F);
-    m.position += take;
-    t0 += take;
+    mixed_prefix(matrix(s, CausalState::kPrefix, 0), matrix(s, CausalState::kRunning, 0), pc.w, Hkv * me, mixed, stream);
+    const void* const* ptr = reinterpret_cast<const void* const*>(d + close_bytes);
+    const int rows = pc.rows;
+    gemm_pointers(blas, RowMajorGemm{false, false, rows, dv, dk, nullptr, H * dk, 0, nullptr, dv, 0, nullptr, H * dv, 0, H},
+                  ptr, dt, CUDA_R_32F);
+    gemm_pointers(blas,
+                  RowMajorGemm{false, true, rows, rows, dk, nullptr, H * dk, 0, nullptr, Hkv * dk, 0, nullptr, C, 0, H, pc.w},
+                  ptr + 3 * H, dt, dt);
+    mask_scale_triangle(Sc, H, C, unit.data(), stream);
+    gemm_pointers(blas,
+                  RowMajorGemm{false, false, rows, dv, rows, nullptr, C, 0, nullptr, Hkv * dv, 0, nullptr, H * dv, 0, H,
+                               1.0f, 1.0f},
+                  ptr + 6 * H, dt, CUDA_R_32F);
+    gemm(blas,
+         RowMajorGemm{true, false, dk, dv, rows, Kf + pc.t0 * Hkv * dk, Hkv * dk, dk, v + pc.t0 * Hkv * dv, Hkv * dv, dv,
+                      matrix(s, CausalState::kRunning, 0), dv, me, Hkv, 1.0f, 1.0f},
+         dt, CUDA_R_32F);
   }
 }
 

@@ -8,7 +8,11 @@
 
 namespace mhla::cuda {
 
-RowSampler::RowSampler(int vocab, int max_rows) : vocab_(vocab), out_(static_cast<size_t>(max_rows)) {}
+RowSampler::RowSampler(int vocab, int max_rows) : vocab_(vocab), out_(static_cast<size_t>(max_rows)) {
+  MHLA_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&out_host_), max_rows * sizeof(SampleOutcome), 0));
+}
+
+RowSampler::~RowSampler() { cudaFreeHost(out_host_); }
 
 void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> rows, cudaStream_t stream) {
   entries_.clear();
@@ -35,6 +39,8 @@ void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> r
     throw;
   }
   if (entries_.empty()) return;
+  // Growing frees the old buffer, which synchronizes the device: no launch can still use it.
+  scratch_.resize(entries_.size() * static_cast<size_t>(vocab_));
   const size_t row_bytes = args.size() * sizeof(SampleRow), bytes = row_bytes + penalized.size() * sizeof(int);
   char* host = args_.host(bytes);
   std::copy(args.begin(), args.end(), reinterpret_cast<SampleRow*>(host));
@@ -44,21 +50,23 @@ void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> r
   penalized_dev_ = reinterpret_cast<const int*>(dev + row_bytes);
 }
 
-void RowSampler::launch_decode(float* logits, cudaStream_t stream) {
-  sample_rows(logits, vocab_, vocab_, decoding_, rows_dev_, penalized_dev_, out_.data(), stream);
+void RowSampler::sample(int first, int count, float* logits, cudaStream_t stream) {
+  if (count <= 0) return;
+  sample_rows(logits, vocab_, vocab_, count, rows_dev_ + first, penalized_dev_,
+              scratch_.data() + static_cast<size_t>(first) * vocab_, out_.data() + first, stream);
+  MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_ + first, out_.data() + first, count * sizeof(SampleOutcome),
+                                  cudaMemcpyDeviceToHost, stream));
 }
+
+void RowSampler::launch_decode(float* logits, cudaStream_t stream) { sample(0, decoding_, logits, stream); }
 
 void RowSampler::launch(const DeviceStep& step, float* logits, cudaStream_t stream) {
   for (size_t e = static_cast<size_t>(decoding_); e < entries_.size(); ++e)
-    if (entries_[e].step == &step)
-      sample_rows(logits, vocab_, vocab_, 1, rows_dev_ + e, penalized_dev_, out_.data() + e, stream);
+    if (entries_[e].step == &step) sample(static_cast<int>(e), 1, logits, stream);
 }
 
 void RowSampler::finish(cudaStream_t stream) {
   if (entries_.empty()) return;
-  out_host_.resize(entries_.size());
-  MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_.data(), out_.data(), entries_.size() * sizeof(SampleOutcome),
-                                  cudaMemcpyDeviceToHost, stream));
   MHLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (size_t e = 0; e < entries_.size(); ++e) {
     DeviceSampling& s = *entries_[e].step->sampling;

@@ -14,12 +14,16 @@ namespace mhla::cuda {
 class RowSampler {
 public:
   RowSampler(int vocab, int max_rows);
+  RowSampler(const RowSampler&) = delete;
+  RowSampler& operator=(const RowSampler&) = delete;
+  ~RowSampler();
 
   // Draws for every step of `batch` that samples and sends the draws to the device; `rows[i]` is
   // the row of its logits buffer where batch[i]'s last logits will be. Throws mhla::Error
   // (every sampler left as it was) for a history id outside the vocabulary.
   void begin(std::span<const DeviceStep> batch, std::span<const int> rows, cudaStream_t stream);
-  // Samples the one-token steps' rows of `logits` (rows `vocab` wide) in one launch.
+  // Samples the one-token steps' rows of `logits` (rows `vocab` wide) in one launch; their ids
+  // follow to the host in the same stream.
   void launch_decode(float* logits, cudaStream_t stream);
   // Samples a longer step's row of `logits`, if it samples.
   void launch(const DeviceStep& step, float* logits, cudaStream_t stream);
@@ -38,8 +42,11 @@ private:
   PinnedStep args_;
   SampleRow* rows_dev_ = nullptr;
   const int* penalized_dev_ = nullptr;
+  void sample(int first, int count, float* logits, cudaStream_t stream);
+
+  DeviceBuffer<double> scratch_;  // the rows' probabilities
   DeviceBuffer<SampleOutcome> out_;
-  std::vector<SampleOutcome> out_host_;
+  SampleOutcome* out_host_ = nullptr;  // pinned: the copies back run without staging
 };
 
 }  // namespace mhla::cuda

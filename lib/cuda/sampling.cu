@@ -3,8 +3,9 @@
 // scan over the threads' partial sums. Top-k and top-p are radix selections on the logits'
 // order-preserving bit patterns: the probability exp((l - max) / T) is increasing in the logit,
 // so "largest probability first, lower id on ties" is "largest logit first, lower id on ties".
-// Probabilities and their sums are float64, as on the CPU; only the order of summation differs,
-// which moves a partial sum by a few units in the last place.
+// Probabilities and their sums are float64, as on the CPU (each probability computed once, into
+// the row's scratch, as float64 division and exp are slow); only the order of summation
+// differs, which moves a partial sum by a few units in the last place.
 #include "cuda/sampling.cuh"
 
 #include <cub/block/block_reduce.cuh>
@@ -70,7 +71,7 @@ struct Row {
   int lo, hi;
   Shared& sh;
 
-  // Among the ids `in` accepts, the key at which the weights, taken in descending key order,
+  // Among the ids `in` accepts, the key at which the weights (of an id), taken in descending key order,
   // first reach `target`; sh.rest is then what of the target is left for that key's ids.
   template <class In, class Weight>
   __device__ unsigned select(In in, Weight weight, double target) {
@@ -83,7 +84,7 @@ struct Row {
         if (!in(i, x)) continue;
         const unsigned k = order_key(x);
         if ((static_cast<unsigned long long>(k ^ prefix) >> (shift + 8)) != 0) continue;
-        atomicAdd(&sh.hist[(k >> shift) & 255u], weight(x));
+        atomicAdd(&sh.hist[(k >> shift) & 255u], weight(i));
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -136,7 +137,7 @@ struct Row {
     double s = 0.0;
     for (int i = lo; i < hi; ++i) {
       const float x = l[i];
-      if (in(i, x)) s += weight(x);
+      if (in(i, x)) s += weight(i);
     }
     s = ReduceDouble(sh.cub.reduce_double).Sum(s);
     if (threadIdx.x == 0) sh.total = s;
@@ -146,7 +147,8 @@ struct Row {
 };
 
 __global__ void __launch_bounds__(kThreads)
-    sample_kernel(float* logits, long long ld, int vocab, const SampleRow* args, const int* penalized, SampleOutcome* out) {
+    sample_kernel(float* logits, long long ld, int vocab, const SampleRow* args, const int* penalized, double* scratch,
+                  SampleOutcome* out) {
   __shared__ Shared sh;
   const SampleRow a = args[blockIdx.x];
   float* l = logits + a.row * ld;
@@ -195,8 +197,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   const double max = best.value, temperature = a.temperature;
-  const auto weight = [=](float x) { return exp((static_cast<double>(x) - max) / temperature); };
-  const auto count = [](float) { return 1.0; };
+  const auto probability = [=](float x) { return exp((static_cast<double>(x) - max) / temperature); };
+  double* p = scratch + static_cast<long long>(blockIdx.x) * vocab;
+  for (int i = lo; i < hi; ++i) {
+    const float x = l[i];
+    p[i] = x == -INFINITY ? 0.0 : probability(x);
+  }
+  __syncthreads();
+  const auto weight = [=](int i) { return p[i]; };
+  const auto count = [](int) { return 1.0; };
 
   const bool top_k = a.top_k > 0 && a.top_k < finite;
   unsigned k_key = 0;
@@ -219,7 +228,7 @@ __global__ void __launch_bounds__(kThreads)
   if (top_p) {
     p_key = row.select(kept_k, weight, static_cast<double>(a.top_p) * row.sum(kept_k, weight));
     // The ids at the threshold all weigh `each`: as many as the rest of the target needs.
-    const double each = weight(key_float(p_key)), rest = sh.rest;
+    const double each = probability(key_float(p_key)), rest = sh.rest;
     const double need = rest <= 0.0 ? 1.0 : each > 0.0 ? fmin(ceil(rest / each), 1e9) : 1e9;
     p_cut = row.nth_id([=](int i, float x) { return kept_k(i, x) && order_key(x) == p_key; }, static_cast<int>(need));
   }
@@ -228,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!kept_k(i, x)) return false;
     const unsigned k = order_key(x);
     if (top_p && !(k > p_key || (k == p_key && i <= p_cut))) return false;
-    return min_p <= 0.0 || weight(x) >= min_p;
+    return min_p <= 0.0 || p[i] >= min_p;
   };
 
   // The inverse-CDF draw over the kept ids in ascending order: the first id whose partial sum
@@ -236,7 +245,7 @@ __global__ void __launch_bounds__(kThreads)
   double mine = 0.0;
   for (int i = lo; i < hi; ++i) {
     const float x = l[i];
-    if (kept(i, x)) mine += weight(x);
+    if (kept(i, x)) mine += p[i];
   }
   double before = 0.0, total = 0.0;
   ScanDouble(sh.cub.scan_double).ExclusiveSum(mine, before, total);
@@ -249,7 +258,7 @@ __global__ void __launch_bounds__(kThreads)
     const float x = l[i];
     if (!kept(i, x)) continue;
     last = i;
-    cum += weight(x);
+    cum += p[i];
     if (u < cum) {
       found = i;
       break;
@@ -264,9 +273,9 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void sample_rows(float* logits, long long ld, int vocab, int rows, const SampleRow* args, const int* penalized,
-                 SampleOutcome* out, cudaStream_t stream) {
+                 double* scratch, SampleOutcome* out, cudaStream_t stream) {
   if (rows <= 0) return;
-  sample_kernel<<<rows, kThreads, 0, stream>>>(logits, ld, vocab, args, penalized, out);
+  sample_kernel<<<rows, kThreads, 0, stream>>>(logits, ld, vocab, args, penalized, scratch, out);
   MHLA_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -32,9 +32,10 @@ struct SampleOutcome {
 };
 
 // Samples a token for each of `rows` entries of `args` (entry r from the row args[r].row of
-// logits, at logits + row * ld, `vocab` wide), one thread block per entry. The repetition penalty is applied to the logits in place. `args`,
-// `penalized` and `out` are device memory. Nothing is allocated; a launch error throws.
+// logits, at logits + row * ld, `vocab` wide), one thread block per entry. The repetition
+// penalty is applied to the logits in place. `args`, `penalized`, `scratch` (rows * vocab: the
+// probabilities) and `out` are device memory. Nothing is allocated; a launch error throws.
 void sample_rows(float* logits, long long ld, int vocab, int rows, const SampleRow* args, const int* penalized,
-                 SampleOutcome* out, cudaStream_t stream);
+                 double* scratch, SampleOutcome* out, cudaStream_t stream);
 
 }  // namespace mhla::cuda

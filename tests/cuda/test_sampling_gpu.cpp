@@ -65,12 +65,13 @@ std::vector<cuda::SampleOutcome> device_sample(const std::vector<std::vector<flo
   test::Device<cuda::SampleRow> d_args(args.size());
   test::Device<int> d_pen(penalized.size());
   test::Device<cuda::SampleOutcome> d_out(args.size());
+  test::Device<double> scratch(args.size() * static_cast<size_t>(vocab));
   std::vector<cuda::SampleOutcome> out(args.size() + test::kGuard, {-7, cuda::SampleStatus::ok, 0.0f});
   REQUIRE(cudaMemcpy(d_args.get(), args.data(), args.size() * sizeof(args[0]), cudaMemcpyHostToDevice) == cudaSuccess);
   REQUIRE(cudaMemcpy(d_pen.get(), penalized.data(), penalized.size() * sizeof(int), cudaMemcpyHostToDevice) ==
           cudaSuccess);
   REQUIRE(cudaMemcpy(d_out.get(), out.data(), out.size() * sizeof(out[0]), cudaMemcpyHostToDevice) == cudaSuccess);
-  cuda::sample_rows(d_logits.get(), vocab, vocab, rows, d_args.get(), d_pen.get(), d_out.get(), nullptr);
+  cuda::sample_rows(d_logits.get(), vocab, vocab, rows, d_args.get(), d_pen.get(), scratch.get(), d_out.get(), nullptr);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   REQUIRE(cudaMemcpy(out.data(), d_out.get(), out.size() * sizeof(out[0]), cudaMemcpyDeviceToHost) == cudaSuccess);
   std::vector<float> back(flat.size());
@@ -130,7 +131,7 @@ TEST_CASE("device sampling picks Sampler::sample's ids: every rule, ties, -inf, 
 
 TEST_CASE("device sampling: all-equal logits keep the lowest ids; bad logits are named", "[gpu][sampling]") {
   const int vocab = 3000;
-  std::vector<Sampler> s{Sampler(params(1.0f, 5, 1.0f, 0.0f, 1.0f, 1)), Sampler(params(1.0f, 0, 0.001f, 0.0f, 1.0f, 2)),
+  std::vector<Sampler> s{Sampler(params(1.0f, 5, 1.0f, 0.0f, 1.0f, 1)), Sampler(params(1.0f, 0, 0.0002f, 0.0f, 1.0f, 2)),
                          Sampler(params(0.5f, 0, 1.0f, 0.0f, 1.0f, 3)), Sampler(params(0.0f, 0, 1.0f, 0.0f, 1.0f, 4)),
                          Sampler(params(0.0f, 0, 1.0f, 0.0f, 1.0f, 5))};
   std::vector<std::vector<float>> logits(5, std::vector<float>(vocab, 0.5f));
@@ -140,7 +141,7 @@ TEST_CASE("device sampling: all-equal logits keep the lowest ids; bad logits are
   for (int draw = 0; draw < 20; ++draw) {
     const auto out = device_sample(logits, vocab, s, {});
     CHECK(out[0].id < 5);  // top-k of equal logits: ids 0..4
-    CHECK(out[1].id == 0);  // top-p of equal probabilities: the lowest id reaches it
+    CHECK(out[1].id == 0);  // top-p of equal probabilities: the lowest id reaches 0.0002 x 3000 < 1
     CHECK(out[2].status == cuda::SampleStatus::bad_logit);
     CHECK(out[2].id == 1234);
     CHECK(out[3].status == cuda::SampleStatus::bad_logit);
