@@ -1,7 +1,8 @@
-// The whole model on the GPU, MHLA-340M layout with random weights (bf16, slide_mean): prefill
-// tokens/s by length, and decode tokens/s at batch 1 and 64 over contexts 1K to 128K, beside
-// their floors from ceilings measured in the same run (copy bandwidth, bf16 GEMM rate).
-// Decode floor: every bf16 weight read once per step plus each sequence's state traffic
+// The whole model on the GPU, MHLA-340M layout with random weights (bf16, or fp16 with
+// MHLA_BENCH_PRECISION=f16; slide_mean): prefill tokens/s by length, and decode tokens/s at batch
+// 1 and 64 over contexts 1K to 128K, beside their floors from ceilings measured in the same run
+// (copy bandwidth, bf16 GEMM rate).
+// Decode floor: every 16-bit weight read once per step plus each sequence's state traffic
 // (1.84 MB per layer and token, bench/NOTES.md); prefill floor: 2 FLOPs per weight and token
 // at the GEMM rate. Prints a table and one JSON line per figure.
 #include <cublas_v2.h>
@@ -72,7 +73,7 @@ int main(int argc, char** argv) try {
   mhla::DeviceModelOptions o;
   o.max_sequences = 64;
   o.policy = mhla::ContextPolicy::slide_mean;
-  o.precision = mhla::DevicePrecision::bf16;
+  o.precision = mhla::bench::bench_f16() ? mhla::DevicePrecision::f16 : mhla::DevicePrecision::bf16;
   const auto dev = mhla::make_device_model(model, mhla::Device::cuda, o);
   std::printf("device model: %s, %.0f MB of state per sequence\n", dev->description().c_str(), dev->slot_bytes() / 1e6);
 

@@ -1,9 +1,9 @@
 // The CUDA operator's prefill and decode step on the MHLA-340M head layout (4 heads, dk 128,
 // dv 256, C 64, L 32, slide_mean), after warm-up (medians of repeats): prefill as device time
 // between events and as wall time with a final synchronize, decode steps as wall time; beside the device's measured ceilings: a device-to-device copy (bytes read + written per
-// second) and a large bf16 matrix product. Prints a table and one JSON line per figure.
+// second) and a large bf16 matrix product. Inputs in bf16, or in fp16 with
+// MHLA_BENCH_PRECISION=f16. Prints a table and one JSON line per figure.
 #include <cublas_v2.h>
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,7 +21,6 @@ namespace {
 
 using mhla::bench::check;
 using mhla::bench::median_wall_ms;
-using mhla::bench::random_bf16;
 
 void report(const std::string& what, double ms, double floor_ms, const std::string& extra = "") {
   std::printf("%-34s %10.4f ms   floor %8.4f ms   x_floor %6.2f %s\n", what.c_str(), ms, floor_ms, ms / floor_ms,
@@ -35,11 +34,14 @@ void report(const std::string& what, double ms, double floor_ms, const std::stri
 int main(int argc, char** argv) try {
   const std::string only = argc > 1 ? argv[1] : "";
   auto wanted = [&](const std::string& figure) { return figure.find(only) != std::string::npos; };
+  const bool f16 = mhla::bench::bench_f16();
+  const auto precision = f16 ? mhla::cuda::Precision::f16 : mhla::cuda::Precision::bf16;
+  auto random_inputs = [&](size_t n, unsigned seed) { return mhla::bench::random_16bit(n, seed, f16); };
   if (mhla::cuda::device_count() == 0) {
     std::puts("skipped: no GPU");
     return 77;
   }
-  std::printf("device: %s\n", mhla::cuda::device_name(0).c_str());
+  std::printf("device: %s\ninputs: %s\n", mhla::cuda::device_name(0).c_str(), f16 ? "fp16" : "bf16");
 
   const mhla::bench::Ceilings ceilings = mhla::bench::measure_ceilings();
   const double bw = ceilings.bytes_per_s;
@@ -60,10 +62,10 @@ int main(int argc, char** argv) try {
   // and read twice by the band product, the prefixes written and read) and its matrix FLOPs.
   for (long long N : {2048LL, 8192LL, 32768LL, 131072LL}) {
     if (!wanted("op prefill N=" + std::to_string(N))) continue;
-    mhla::cuda::GpuCausalOperator op(opt, mixing, 1, mhla::cuda::Precision::bf16, 64);
-    auto* q = random_bf16(N * L.heads * L.dk, 10);
-    auto* k = random_bf16(N * L.kv_heads * L.dk, 11);
-    auto* v = random_bf16(N * L.kv_heads * L.dv, 12);
+    mhla::cuda::GpuCausalOperator op(opt, mixing, 1, precision, 64);
+    void* q = random_inputs(N * L.heads * L.dk, 10);
+    void* k = random_inputs(N * L.kv_heads * L.dk, 11);
+    void* v = random_inputs(N * L.kv_heads * L.dv, 12);
     float* o = nullptr;
     check(cudaMalloc(&o, N * L.heads * L.dv * sizeof(float)), "cudaMalloc");
     const int slot = op.acquire();
@@ -111,7 +113,7 @@ int main(int argc, char** argv) try {
   // boundary recomputes run at their natural rate; 256 consecutive steps are timed.
   for (int Bn : {1, 32, 256}) {
     if (!wanted("op decode step B=" + std::to_string(Bn))) continue;
-    mhla::cuda::GpuCausalOperator op(opt, mixing, Bn, mhla::cuda::Precision::bf16, 64);
+    mhla::cuda::GpuCausalOperator op(opt, mixing, Bn, precision, 64);
     std::vector<int> slots;
     mhla::CausalOperator cpu(opt, mixing);
     for (int i = 0; i < Bn; ++i) {
@@ -121,9 +123,9 @@ int main(int argc, char** argv) try {
       st.reset_to(pos, (pos - 1) / 64 - 30, 30);
       op.upload(slots.back(), st);
     }
-    auto* q = random_bf16(size_t(Bn) * L.heads * L.dk, 20);
-    auto* k = random_bf16(size_t(Bn) * L.kv_heads * L.dk, 21);
-    auto* v = random_bf16(size_t(Bn) * L.kv_heads * L.dv, 22);
+    void* q = random_inputs(size_t(Bn) * L.heads * L.dk, 20);
+    void* k = random_inputs(size_t(Bn) * L.kv_heads * L.dk, 21);
+    void* v = random_inputs(size_t(Bn) * L.kv_heads * L.dv, 22);
     float* o = nullptr;
     check(cudaMalloc(&o, size_t(Bn) * L.heads * L.dv * sizeof(float)), "cudaMalloc");
     const int steps = 256;
@@ -142,7 +144,7 @@ int main(int argc, char** argv) try {
     cudaFree(o);
   }
 
-  // Non-causal forward (normalized, relu, C 64, M = N/64 blocks) in bf16: bytes the design must
+  // Non-causal forward (normalized, relu, C 64, M = N/64 blocks) in 16 bits: bytes the design must
   // move at least (inputs read, the summaries S written and read, the mixed summaries P written
   // and read, the output written).
   for (long long N : {8192LL, 32768LL}) {
@@ -150,12 +152,12 @@ int main(int argc, char** argv) try {
     mhla::NonCausalOptions nc;
     nc.layout = L;
     nc.block_size = 64;
-    mhla::cuda::GpuNonCausalOperator op(nc, mhla::cuda::Precision::bf16);
+    mhla::cuda::GpuNonCausalOperator op(nc, precision);
     const long long M = N / 64;
     const std::vector<float> w(M * M, 1.0f / M);
-    auto* q = random_bf16(N * L.heads * L.dk, 30);
-    auto* k = random_bf16(N * L.kv_heads * L.dk, 31);
-    auto* v = random_bf16(N * L.kv_heads * L.dv, 32);
+    void* q = random_inputs(N * L.heads * L.dk, 30);
+    void* k = random_inputs(N * L.kv_heads * L.dk, 31);
+    void* v = random_inputs(N * L.kv_heads * L.dv, 32);
     float* o = nullptr;
     check(cudaMalloc(&o, N * L.heads * L.dv * sizeof(float)), "cudaMalloc");
     const double ms = median_wall_ms(

@@ -1,17 +1,21 @@
 #pragma once
 // What the CUDA benchmarks share: wall-clock medians of device work (the caller synchronizes,
-// so launches count), random bf16 device buffers, and the ceilings measured in the same run
-// that floors are computed from: a device-to-device copy (bytes read + written per second) and
-// a large bf16 matrix product on random data.
+// so launches count), random bf16 or fp16 device buffers, the 16-bit type a run measures, and
+// the ceilings measured in the same run that floors are computed from: a device-to-device copy
+// (bytes read + written per second) and a large bf16 matrix product on random data (fp16's
+// tensor-core rate is the same on these GPUs).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mhla::bench {
@@ -33,15 +37,37 @@ double median_wall_ms(F&& f, int warmup, int reps) {
   return t[t.size() / 2];
 }
 
-inline __nv_bfloat16* random_bf16(size_t n, unsigned seed) {
+// n values from [-1, 1] on the device, in T (__nv_bfloat16 or __half).
+template <class T>
+T* random_device(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<__nv_bfloat16> h(n);
-  for (auto& x : h) x = __float2bfloat16(u(rng));
-  __nv_bfloat16* d = nullptr;
-  check(cudaMalloc(&d, n * sizeof(__nv_bfloat16)), "cudaMalloc");
-  check(cudaMemcpy(d, h.data(), n * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "cudaMemcpy");
+  std::vector<T> h(n);
+  for (auto& x : h) {
+    if constexpr (std::is_same_v<T, __half>)
+      x = __float2half(u(rng));
+    else
+      x = __float2bfloat16(u(rng));
+  }
+  T* d = nullptr;
+  check(cudaMalloc(&d, n * sizeof(T)), "cudaMalloc");
+  check(cudaMemcpy(d, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
   return d;
+}
+
+// The 16-bit type a run measures: MHLA_BENCH_PRECISION, bf16 (the default) or f16. True for f16.
+inline bool bench_f16() {
+  const char* env = std::getenv("MHLA_BENCH_PRECISION");
+  const std::string name = env ? env : "bf16";
+  if (name != "bf16" && name != "f16")
+    throw std::runtime_error("MHLA_BENCH_PRECISION must be bf16 or f16, got '" + name + "'");
+  return name == "f16";
+}
+
+// n values from [-1, 1] on the device, in fp16 when `f16`, else in bf16.
+inline void* random_16bit(size_t n, unsigned seed, bool f16) {
+  if (f16) return random_device<__half>(n, seed);
+  return random_device<__nv_bfloat16>(n, seed);
 }
 
 struct Ceilings {
@@ -52,7 +78,7 @@ struct Ceilings {
 inline Ceilings measure_ceilings() {
   Ceilings c;
   const size_t n = size_t{1} << 30;  // bf16 elements: 2 GiB copied
-  __nv_bfloat16* a = random_bf16(n, 1);
+  __nv_bfloat16* a = random_device<__nv_bfloat16>(n, 1);
   __nv_bfloat16* b = nullptr;
   check(cudaMalloc(&b, n * sizeof(__nv_bfloat16)), "cudaMalloc");
   const double copy_ms = median_wall_ms(

@@ -27,10 +27,11 @@ Options::Options(CLI::App& app) {
                                       "a GPU is present)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  app.add_option("--precision", c.precision, "Weights and activations on the GPU: bf16, or f32 (the exact path); the "
-                                             "CPU runs f32")
+  app.add_option("--precision", c.precision,
+                 "Weights and activations on the GPU: bf16, f16 (more precise, values up to 65504), or f32 (the exact "
+                 "path); the CPU runs f32")
       ->capture_default_str()
-      ->check(CLI::IsMember({"bf16", "f32"}));
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
   app.add_flag("--batch-invariant", c.batch_invariant,
                "On the GPU, compute every sequence's decode step as if it ran alone, so a request's results do not "
                "depend on what else the server is running (slower at larger batches; the CPU always is)");

@@ -91,9 +91,11 @@ void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--device", f.device, "Where the model runs: cpu, cuda, or auto (cuda when a GPU is present)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  cmd->add_option("--precision", f.precision, "Weights and activations on the GPU: bf16 or f32 (the CPU runs f32)")
+  cmd->add_option("--precision", f.precision,
+                  "Weights and activations on the GPU: bf16, f16 (more precise, values up to 65504) or f32 (the CPU "
+                  "runs f32)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"bf16", "f32"}));
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
 }
 
 std::unique_ptr<DeviceModel> open_device(const Model& model, const DeviceFlags& f, ContextPolicy policy,

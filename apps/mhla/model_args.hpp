@@ -46,7 +46,7 @@ struct SamplingFlags {
 };
 void add_sampling_flags(CLI::App* cmd, SamplingFlags& flags);
 
-// --device cpu|cuda|auto and --precision bf16|f32 (the precision of a GPU run).
+// --device cpu|cuda|auto and --precision bf16|f16|f32 (the precision of a GPU run).
 struct DeviceFlags {
   std::string device = "auto";
   std::string precision = "bf16";

@@ -3,7 +3,8 @@
 //
 // GpuCausalOperator keeps the recurrent state of many sequences on the device in a pool of
 // slots, so sequences come and go without reallocation. Inputs and outputs are device
-// pointers; q/k/v/o use the CPU layout ([tokens][heads][width], row-major), in fp32 or bf16.
+// pointers; q/k/v/o use the CPU layout ([tokens][heads][width], row-major), q/k/v in fp32, bf16
+// or fp16, o in fp32.
 // The state is fp32. It covers the unnormalized causal form (what the language models use);
 // the normalized causal form runs on the CPU backend.
 //
@@ -25,6 +26,7 @@ std::string device_name(int device);
 enum class Precision {
   f32,   // fp32 inputs, fp32 products: the exact path
   bf16,  // bf16 inputs and block summaries, fp32 accumulation and state
+  f16,   // the same in fp16 (IEEE half): 3 more significant bits than bf16, values up to 65504
 };
 
 class GpuCausalOperator {
@@ -95,9 +97,9 @@ private:
 // grid windows, every feature map, rotary, normalized or not, grouped query heads): features,
 // the block summaries S_b = K_b^T V_b, the mixed summaries P = W S (one product over all
 // blocks per key/value head) and O_b = Q_b P_b on cuBLAS. q/k/v in the operator's precision,
-// o in fp32; in bf16 the features and summaries are bf16 too, products accumulate in fp32, and
-// the normalizer's block key sums and their mixture stay fp32. The operator owns its cuBLAS
-// handle and scratch (grown as needed, kept for the next call).
+// o in fp32; in bf16 or fp16 the features and summaries are in that type too, products
+// accumulate in fp32, and the normalizer's block key sums and their mixture stay fp32. The
+// operator owns its cuBLAS handle and scratch (grown as needed, kept for the next call).
 class GpuNonCausalOperator {
 public:
   // Throws mhla::Error for invalid options or without a device.

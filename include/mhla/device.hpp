@@ -23,9 +23,10 @@ std::string_view to_string(Device device);
 bool cuda_available();
 
 // Number format of a device model's weights and activations; accumulation, the residual stream
-// and the recurrent state stay fp32.
-enum class DevicePrecision { f32, bf16 };
-DevicePrecision parse_device_precision(std::string_view name);  // "f32" or "bf16"
+// and the recurrent state stay fp32. f16 carries 3 more significant bits than bf16 but holds
+// values only up to 65504: a model whose weights or activations go past that needs bf16 or f32.
+enum class DevicePrecision { f32, bf16, f16 };
+DevicePrecision parse_device_precision(std::string_view name);  // "f32", "bf16" or "f16"
 std::string_view to_string(DevicePrecision precision);
 
 struct DeviceModelOptions {

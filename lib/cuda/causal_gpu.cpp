@@ -13,6 +13,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/kernels.cuh"
+#include "cuda/precision.hpp"
 #include "cuda/rotary.hpp"
 #include "cuda/pinned.hpp"
 #include "mhla/cuda.hpp"
@@ -80,9 +81,9 @@ struct GpuCausalOperator::Impl {
   DeviceBuffer<double> theta;  // rotary frequencies base^(-2j/dk), as the CPU computes them
 
   // The weights a prefill of M blocks uses, built once per M: the band of each tile (one copy
-  // per key/value head), with a row per block [W(i, tile t-1) | 0 | W(i, tile t) | w_far(i)]
-  // against [S_(t-1); E_(t-1); S_t; E_t] (zeros against the regions' padding), and the diagonal
-  // weights.
+  // per key/value head), with a row per block [W(i, tile t-1) | 0 | W(i, tile t) | n_t w_far(i)]
+  // against [S_(t-1); E_(t-1); S_t; E_t] (zeros against the regions' padding; E_t the mean of
+  // its n_t blocks), and the diagonal weights.
   struct PrefillTables {
     DeviceBuffer<char> band;
     int band_ld = 0;
@@ -151,8 +152,7 @@ struct GpuCausalOperator::Impl {
   float* matrix(int s, int state_slot, int g) const {
     return pool.data() + s * slot_stride + (static_cast<long long>(state_slot) * opt.layout.kv_heads + g) * me;
   }
-  cudaDataType_t dtype() const { return cuda_type(precision == Precision::bf16); }
-  size_t elem() const { return precision == Precision::bf16 ? 2 : 4; }
+  cudaDataType_t dtype() const { return cuda_type(precision); }
 
   void check_window(long long position, long long tokens) const {
     const long long window = static_cast<long long>(weights.blocks()) * opt.block_size;
@@ -200,7 +200,8 @@ const GpuCausalOperator::Impl::PrefillTables& GpuCausalOperator::Impl::tables(lo
         row[jj < TT ? jj : R + jj - TT] =
             host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, b)));
     }
-    if (t >= 2) row[R + TT] = host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, 0)));
+    if (t >= 2)
+      row[R + TT] = host_cast<T>(static_cast<float>(effective_weight(weights, opt.policy, i, 0) * (t - 1) * TT));
   }
   for (int g = 1; g < Hkv; ++g) std::copy_n(band.begin(), per_head, band.begin() + static_cast<long long>(g * per_head));
   PrefillTables& tab = table_cache[M];
@@ -269,8 +270,9 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
     MHLA_CUDA_CHECK(cudaMemset2DAsync(Sall + (static_cast<long long>(nt) * R + M - (nt - 1LL) * TT) * me,
                                       static_cast<size_t>(nt) * R * me * el, 0, past * me * el, Hkv, stream));
 
-  // Whole tiles enter as sums, K_tile^T V_tile in fp32: the far sums E (tiles two back and
-  // more) and the final state's tail, whose blocks past its whole tiles are one more such sum.
+  // Whole tiles enter as sums, K_tile^T V_tile in fp32: the far terms E (the mean of the tiles
+  // two back and more) and the final state's tail, whose blocks past its whole tiles are one
+  // more such sum.
   const long long last = M - 1, tail_end = std::max(0LL, last - capacity);
   const int recent = static_cast<int>(last - tail_end);
   const int tail_tiles = static_cast<int>(tail_end / TT);
@@ -303,16 +305,16 @@ void GpuCausalOperator::Impl::prefill(int s, const T* q, const T* k, const T* v,
                           static_cast<long long>(TT) * tab.band_ld, Sall, me, R * me, Pall, me, TT * me, Hkv * nt};
   gemm(blas, band, dt, dt);
 
-  // The output: one fused tensor-core pass for bf16 where it covers the shape, else per-head
-  // cuBLAS products (Q P, then the masked triangle).
-  IntraBlockArgs ib;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ib = IntraBlockArgs{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v, v_tail ? v_tail : v, Pall,
-                        p_stride, tab.diag.data(), o};
-  if (intra_block_usable(ib))
-    intra_block(ib, stream);
-  else
-    output_by_products(Qf, Kf, v, v_tail, Pall, p_stride, tab.diag.data(), T_, o);
+  // The output: one fused tensor-core pass for 16-bit types where it covers the shape, else
+  // per-head cuBLAS products (Q P, then the masked triangle).
+  bool fused = false;
+  if constexpr (!std::is_same_v<T, float>) {
+    const IntraBlockArgs<T> ib{T_, static_cast<int>(M), H, Hkv, dk, dv, C, Qf, Kf, v, v_tail ? v_tail : v, Pall,
+                               p_stride, tab.diag.data(), o};
+    fused = intra_block_usable(ib);
+    if (fused) intra_block(ib, stream);
+  }
+  if (!fused) output_by_products(Qf, Kf, v, v_tail, Pall, p_stride, tab.diag.data(), T_, o);
 
   const FinalStateArgs<T> fs{lay, Sall, Pall, tsum.data(), sum_tiles, tail_tiles, recent, last, tail_end,
                              loose_blocks > 0 ? loose : nullptr, matrix(s, 0, 0), CausalState::kPrefix,
@@ -645,21 +647,15 @@ CausalState GpuCausalOperator::download(int slot) const {
 }
 
 void GpuCausalOperator::prefill(int slot, const void* q, const void* k, const void* v, long long tokens, float* o) {
-  if (impl_->precision == Precision::bf16)
-    impl_->prefill(slot, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                   static_cast<const __nv_bfloat16*>(v), tokens, o);
-  else
-    impl_->prefill(slot, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-                   tokens, o);
+  with_storage_type(impl_->precision, [&]<class T>(std::type_identity<T>) {
+    impl_->prefill(slot, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tokens, o);
+  });
 }
 
 void GpuCausalOperator::extend(int slot, const void* q, const void* k, const void* v, long long tokens, float* o) {
-  if (impl_->precision == Precision::bf16)
-    impl_->extend(slot, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                  static_cast<const __nv_bfloat16*>(v), tokens, o);
-  else
-    impl_->extend(slot, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), tokens,
-                  o);
+  with_storage_type(impl_->precision, [&]<class T>(std::type_identity<T>) {
+    impl_->extend(slot, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tokens, o);
+  });
 }
 
 void GpuCausalOperator::decode(std::span<const int> slots, const void* q, const void* k, const void* v, float* o) {
@@ -670,12 +666,9 @@ void GpuCausalOperator::decode(std::span<const int> slots, const void* q, const 
 void GpuCausalOperator::decode_prepare(std::span<const int> slots) { impl_->decode_prepare(slots); }
 
 void GpuCausalOperator::decode_launch(int batch, const void* q, const void* k, const void* v, float* o) {
-  if (impl_->precision == Precision::bf16)
-    impl_->decode_launch(batch, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                         static_cast<const __nv_bfloat16*>(v), o);
-  else
-    impl_->decode_launch(batch, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-                         o);
+  with_storage_type(impl_->precision, [&]<class T>(std::type_identity<T>) {
+    impl_->decode_launch(batch, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), o);
+  });
 }
 
 void GpuCausalOperator::synchronize() const { MHLA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }

@@ -1,5 +1,6 @@
 // The batched decode step and the block-boundary recompute.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cuda/check.hpp"
 #include "cuda/device_math.cuh"
@@ -186,5 +187,6 @@ void close_blocks(const CloseBlockArgs& a, cudaStream_t s) {
 template void decode_step<float>(const float*, const float*, const float*, float*, const DecodeArgs&, cudaStream_t);
 template void decode_step<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, float*,
                                          const DecodeArgs&, cudaStream_t);
+template void decode_step<__half>(const __half*, const __half*, const __half*, float*, const DecodeArgs&, cudaStream_t);
 
 }  // namespace mhla::cuda

@@ -1,6 +1,7 @@
 #pragma once
-// Device helpers shared by the kernels: fp32/bf16 loads and stores, and the feature maps.
+// Device helpers shared by the kernels: fp32/bf16/fp16 loads and stores, and the feature maps.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "mhla/options.hpp"
 
@@ -8,8 +9,10 @@ namespace mhla::cuda {
 
 __device__ inline float load(const float* p) { return *p; }
 __device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline float load(const __half* p) { return __half2float(*p); }
 __device__ inline void store(float* p, float x) { *p = x; }
 __device__ inline void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
+__device__ inline void store(__half* p, float x) { *p = __float2half(x); }
 
 __device__ inline float phi(FeatureMap fm, float x, float eps) {
   switch (fm) {

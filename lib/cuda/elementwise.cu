@@ -1,5 +1,6 @@
 // Small element-wise kernels of the prefill: features, triangle masks and conversions.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -108,10 +109,14 @@ void convert(const From* in, To* out, long long n, cudaStream_t s) {
 
 template void features<float>(const float*, float*, const FeatureArgs&, cudaStream_t);
 template void features<__nv_bfloat16>(const __nv_bfloat16*, __nv_bfloat16*, const FeatureArgs&, cudaStream_t);
+template void features<__half>(const __half*, __half*, const FeatureArgs&, cudaStream_t);
 template void mask_scale_triangle<float>(float*, int, int, const float*, cudaStream_t);
 template void mask_scale_triangle<__nv_bfloat16>(__nv_bfloat16*, int, int, const float*, cudaStream_t);
+template void mask_scale_triangle<__half>(__half*, int, int, const float*, cudaStream_t);
 template void convert<float, float>(const float*, float*, long long, cudaStream_t);
 template void convert<__nv_bfloat16, float>(const __nv_bfloat16*, float*, long long, cudaStream_t);
 template void convert<float, __nv_bfloat16>(const float*, __nv_bfloat16*, long long, cudaStream_t);
+template void convert<__half, float>(const __half*, float*, long long, cudaStream_t);
+template void convert<float, __half>(const float*, __half*, long long, cudaStream_t);
 
 }  // namespace mhla::cuda

@@ -3,6 +3,9 @@
 // C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the operands swap.
 #include <cublas_v2.h>
 
+#include "mhla/cuda.hpp"
+#include "mhla/error.hpp"
+
 namespace mhla::cuda {
 
 struct RowMajorGemm {
@@ -18,7 +21,8 @@ struct RowMajorGemm {
   float alpha = 1.0f, beta = 0.0f;
 };
 
-// Inputs of `in_type` (CUDA_R_32F or CUDA_R_16BF), output of `out_type`, fp32 accumulation.
+// Inputs of `in_type` (CUDA_R_32F, CUDA_R_16BF or CUDA_R_16F), output of `out_type`, fp32
+// accumulation.
 void gemm(cublasHandle_t handle, const RowMajorGemm& g, cudaDataType_t in_type, cudaDataType_t out_type);
 
 // As gemm, with one pointer per batch entry: `table` on the device holds the batch's A
@@ -27,6 +31,13 @@ void gemm_pointers(cublasHandle_t handle, const RowMajorGemm& g, const void* con
                    cudaDataType_t out_type);
 
 // The cuBLAS type of a precision's inputs.
-inline cudaDataType_t cuda_type(bool bf16) { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+inline cudaDataType_t cuda_type(Precision p) {
+  switch (p) {
+    case Precision::f32: return CUDA_R_32F;
+    case Precision::bf16: return CUDA_R_16BF;
+    case Precision::f16: return CUDA_R_16F;
+  }
+  throw Error("unknown precision");
+}
 
 }  // namespace mhla::cuda

@@ -3,9 +3,8 @@
 // the products read weights and activations in the model's precision with fp32 accumulation.
 #include "cuda/gpu_model.hpp"
 
-#include <cuda_bf16.h>
-
 #include <algorithm>
+#include <cmath>
 #include <fmt/format.h>
 #include <map>
 #include <optional>
@@ -18,6 +17,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/model_kernels.cuh"
+#include "cuda/precision.hpp"
 #include "cuda/row_sampler.hpp"
 #include "cuda/small_batch.cuh"
 #include "mhla/cuda.hpp"
@@ -35,10 +35,16 @@ DeviceBuffer<T> to_device(const std::vector<T>& host) {
   return d;
 }
 
+// Refuses weights past T's range (fp16's 65504), which would turn into infinities.
 template <class T>
 DeviceBuffer<T> weights_to_device(const std::vector<float>& w) {
   std::vector<T> host(w.size());
   std::transform(w.begin(), w.end(), host.begin(), host_cast<T>);
+  for (size_t i = 0; i < w.size(); ++i)
+    if (std::isinf(host_float(host[i])) && std::isfinite(w[i]))
+      throw Error(fmt::format("a weight of {} is outside the range of the device precision (f16 holds up to 65504): "
+                              "use bf16 or f32",
+                              w[i]));
   return to_device(host);
 }
 
@@ -100,8 +106,9 @@ constexpr long long kLogitRows = 512;
 template <class T>
 class GpuModel final : public DeviceModel {
 public:
-  GpuModel(const Model& model, const DeviceModelOptions& options)
-      : model_(model), m_(model.internals()), opt_(options) {
+  // `p`: the operators' precision, the model's in mhla::cuda's terms.
+  GpuModel(const Model& model, const DeviceModelOptions& options, Precision p)
+      : model_(model), m_(model.internals()), opt_(options), type_(cuda_type(p)) {
     const auto& c = m_.config;
     const auto hl = c.layout();
     D_ = c.hidden_size;
@@ -119,7 +126,6 @@ public:
                               to_string(opt_.policy), m_.mixing_blocks));
     blas_workspace_.resize(kBlasWorkspace);
     MHLA_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_.data(), kBlasWorkspace));
-    const Precision p = std::is_same_v<T, float> ? Precision::f32 : Precision::bf16;
     for (const auto& w : m_.layers) {
       const CausalOperator& cpu = w.ops[policy];
       Layer l{to_device(w.attn_norm), to_device(w.gate_norm), to_device(w.mlp_norm), weights_to_device<T>(w.qkvg),
@@ -223,8 +229,6 @@ private:
     GpuCausalOperator op;
   };
 
-  static cudaDataType_t type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
-
   void check(std::span<const DeviceStep> batch) const {
     std::set<int> seen;
     const long long window = model_.trained_window();
@@ -265,7 +269,7 @@ private:
   void linear(const T* a, long long n, int in, const T* w, int out, void* c, cudaDataType_t c_type, bool accumulate) {
     const RowMajorGemm g{false, true, static_cast<int>(n), out, in, a, in, 0, w, in, 0, c, out, 0, 1, 1.0f,
                          accumulate ? 1.0f : 0.0f};
-    gemm(blas_, g, type(), c_type);
+    gemm(blas_, g, type_, c_type);
   }
 
   // The layer stack over n rows whose tokens are in s.tokens (one token of each of n sequences
@@ -293,7 +297,7 @@ private:
         if (c.use_output_gate) g = s.proj.data(), g_stride = ow_;
       } else {
         rms_norm_rows(s.x.data(), D_, l.attn_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
-        linear(s.h.data(), n, D_, l.qkvg.data(), pw_, s.proj.data(), type(), false);
+        linear(s.h.data(), n, D_, l.qkvg.data(), pw_, s.proj.data(), type_, false);
         split_qkv(s.proj.data(), n, pw_, qw_, kw_, vw_, s.q.data(), s.k.data(), s.v.data(), stream_);
         if (c.use_output_gate) g = s.proj.data() + qw_ + kw_ + vw_, g_stride = pw_;
       }
@@ -320,7 +324,7 @@ private:
       }
       linear(s.on.data(), n, ow_, l.o_proj.data(), D_, s.x.data(), CUDA_R_32F, true);
       rms_norm_rows(s.x.data(), D_, l.mlp_norm.data(), n, D_, c.norm_eps, s.h.data(), stream_);
-      linear(s.h.data(), n, D_, l.gate_up.data(), 2 * I_, s.gu.data(), type(), false);
+      linear(s.h.data(), n, D_, l.gate_up.data(), 2 * I_, s.gu.data(), type_, false);
       swiglu_rows(s.gu.data(), n, I_, s.act.data(), stream_);
       linear(s.act.data(), n, I_, l.down.data(), D_, s.x.data(), CUDA_R_32F, true);
     }
@@ -469,6 +473,7 @@ private:
   const Model& model_;
   const Model::Impl& m_;
   DeviceModelOptions opt_;
+  cudaDataType_t type_;
   std::string name_;
   int D_ = 0, I_ = 0, V_ = 0, qw_ = 0, kw_ = 0, vw_ = 0, ow_ = 0, pw_ = 0;
   DeviceBuffer<char> blas_workspace_;
@@ -485,8 +490,15 @@ private:
 
 std::unique_ptr<DeviceModel> make_gpu_model(const Model& model, const DeviceModelOptions& options) {
   if (model.internals().layers.empty()) throw Error("the model has no layers");
-  if (options.precision == DevicePrecision::f32) return std::make_unique<GpuModel<float>>(model, options);
-  return std::make_unique<GpuModel<__nv_bfloat16>>(model, options);
+  Precision p = Precision::f32;
+  switch (options.precision) {
+    case DevicePrecision::f32: p = Precision::f32; break;
+    case DevicePrecision::bf16: p = Precision::bf16; break;
+    case DevicePrecision::f16: p = Precision::f16; break;
+  }
+  return with_storage_type(p, [&]<class T>(std::type_identity<T>) -> std::unique_ptr<DeviceModel> {
+    return std::make_unique<GpuModel<T>>(model, options, p);
+  });
 }
 
 }  // namespace mhla::cuda

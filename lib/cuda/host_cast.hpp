@@ -1,7 +1,9 @@
 #pragma once
-// fp32 values on the host converted to a device storage type (float or bf16), for tables and
-// weights copied to the GPU.
+// fp32 values on the host converted to a device storage type (float, bf16 or fp16), for tables
+// and weights copied to the GPU, and back. The conversions are cuda_fp16.h's and cuda_bf16.h's
+// host code: round to nearest even, past the type's range to infinity, NaN kept NaN.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 namespace mhla::cuda {
 
@@ -15,5 +17,13 @@ template <>
 inline __nv_bfloat16 host_cast<__nv_bfloat16>(float x) {
   return __float2bfloat16(x);
 }
+template <>
+inline __half host_cast<__half>(float x) {
+  return __float2half(x);
+}
+
+inline float host_float(float x) { return x; }
+inline float host_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+inline float host_float(__half x) { return __half2float(x); }
 
 }  // namespace mhla::cuda

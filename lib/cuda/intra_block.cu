@@ -1,16 +1,18 @@
-// The output of the whole-sequence prefill in one pass on the tensor cores (bf16 inputs, fp32
-// accumulation): per block b and head h,
+// The output of the whole-sequence prefill in one pass on the tensor cores (bf16 or fp16 inputs,
+// fp32 accumulation): per block b and head h,
 //   o_b = Q_b P_b + W[b][b] tril(Q_b K_b^T) V_b,
 // written once. One thread block per output column slice of a block and head: it issues all of
 // its 16-byte asynchronous copies at once (Q and K first, then the slices of P and V, which land
 // while the scores are computed); each warp then owns a few 16 x 16 output tiles.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
 
 #include <cstdint>
 
 #include "cuda/check.hpp"
+#include "cuda/device_math.cuh"
 #include "cuda/kernels.cuh"
 
 namespace mhla::cuda {
@@ -18,15 +20,20 @@ namespace mhla::cuda {
 namespace {
 
 using namespace nvcuda;
-using Bf16 = __nv_bfloat16;
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-using RowA = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major>;
-using RowB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major>;
-using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
+template <class T>
+using RowA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
+template <class T>
+using RowB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
+template <class T>
+using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
+// Both 16-bit types share the shared-memory layout below.
+constexpr size_t kElem = 2;
+static_assert(sizeof(__nv_bfloat16) == kElem && sizeof(__half) == kElem);
 
 constexpr int kWarps = 8;
 constexpr int kSlice = 128;   // output columns per thread block
-constexpr int kPad = 8;       // bf16 elements of padding per shared row (bank spread, 16-byte rows)
+constexpr int kPad = 8;       // elements of padding per shared row (bank spread, 16-byte rows)
 constexpr int kTiles = 4;     // output tiles per warp (2 x 2, or 1 x 4 when C = 16)
 
 __host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
@@ -35,13 +42,13 @@ __host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128
 struct Layout {
   size_t q, k, s, v, p, stage, total;
   __host__ __device__ Layout(int C, int dk) {
-    const size_t qk = align128(static_cast<size_t>(C) * (dk + kPad) * sizeof(Bf16));
+    const size_t qk = align128(static_cast<size_t>(C) * (dk + kPad) * kElem);
     q = 0;
     k = q + qk;
     s = k + qk;
-    v = s + align128(static_cast<size_t>(C) * (C + kPad) * sizeof(Bf16));
-    p = v + align128(static_cast<size_t>(C) * (kSlice + kPad) * sizeof(Bf16));
-    stage = p + align128(static_cast<size_t>(dk) * (kSlice + kPad) * sizeof(Bf16));
+    v = s + align128(static_cast<size_t>(C) * (C + kPad) * kElem);
+    p = v + align128(static_cast<size_t>(C) * (kSlice + kPad) * kElem);
+    stage = p + align128(static_cast<size_t>(dk) * (kSlice + kPad) * kElem);
     total = stage + kWarps * 16 * 16 * sizeof(float);
   }
 };
@@ -49,7 +56,8 @@ struct Layout {
 int slices_of(int dv) { return (dv + kSlice - 1) / kSlice; }
 
 // rows x cols (cols a multiple of 8) from global (row stride ld) to shared (row stride lds).
-__device__ void stage_tile(Bf16* dst, int lds, const Bf16* src, long long ld, int rows, int cols) {
+template <class T>
+__device__ void stage_tile(T* dst, int lds, const T* src, long long ld, int rows, int cols) {
   const int per_row = cols / 8;
   for (int c = threadIdx.x; c < rows * per_row; c += blockDim.x) {
     const int r = c / per_row, e = (c % per_row) * 8;
@@ -58,8 +66,8 @@ __device__ void stage_tile(Bf16* dst, int lds, const Bf16* src, long long ld, in
 }
 
 // TR: rows of output tiles per warp block (2, or 1 when C = 16); TC = kTiles / TR columns.
-template <int TR>
-__global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs a) {
+template <class T, int TR>
+__global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs<T> a) {
   constexpr int TC = kTiles / TR;
   extern __shared__ __align__(128) unsigned char smem[];
   const int slices = (a.dv + kSlice - 1) / kSlice;
@@ -69,11 +77,11 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int RT = C / 16;
   const Layout lay(C, dk);
-  Bf16* qs = reinterpret_cast<Bf16*>(smem + lay.q);
-  Bf16* ks = reinterpret_cast<Bf16*>(smem + lay.k);
-  Bf16* sb = reinterpret_cast<Bf16*>(smem + lay.s);
-  Bf16* vs = reinterpret_cast<Bf16*>(smem + lay.v);
-  Bf16* ps = reinterpret_cast<Bf16*>(smem + lay.p);
+  T* qs = reinterpret_cast<T*>(smem + lay.q);
+  T* ks = reinterpret_cast<T*>(smem + lay.k);
+  T* sb = reinterpret_cast<T*>(smem + lay.s);
+  T* vs = reinterpret_cast<T*>(smem + lay.v);
+  T* ps = reinterpret_cast<T*>(smem + lay.p);
   float* stage = reinterpret_cast<float*>(smem + lay.stage) + warp * 256;
   const int ldq = dk + kPad, lds = C + kPad, ldv = kSlice + kPad;
 
@@ -81,8 +89,8 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   const long long qld = static_cast<long long>(a.heads) * dk, kld = static_cast<long long>(a.kv_heads) * dk;
   const long long vld = static_cast<long long>(a.kv_heads) * a.dv, old = static_cast<long long>(a.heads) * a.dv;
   const bool partial = row0 + C > a.tokens;
-  const Bf16* vb = (partial ? a.v_tail : a.v + row0 * vld) + static_cast<long long>(g) * a.dv;
-  const Bf16* pb = a.p + g * a.p_stride + static_cast<long long>(b) * dk * a.dv;
+  const T* vb = (partial ? a.v_tail : a.v + row0 * vld) + static_cast<long long>(g) * a.dv;
+  const T* pb = a.p + g * a.p_stride + static_cast<long long>(b) * dk * a.dv;
   const int cw = a.dv - c0 < kSlice ? a.dv - c0 : kSlice, CTW = cw / 16;
 
   stage_tile(qs, ldq, a.q + row0 * qld + static_cast<long long>(h) * dk, qld, C, dk);
@@ -94,7 +102,7 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   __pipeline_wait_prior(1);
   __syncthreads();
 
-  // Scores Q K^T on and below the diagonal, masked and weighted into bf16 through the warp's
+  // Scores Q K^T on and below the diagonal, masked and weighted into T through the warp's
   // stage (tiles above the diagonal are never read).
   const float w = a.diag[b];
   for (int f = warp; f < RT * RT; f += kWarps) {
@@ -103,8 +111,8 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
     Acc acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int kk = 0; kk < dk; kk += 16) {
-      RowA fa;
-      ColB fb;
+      RowA<T> fa;
+      ColB<T> fb;
       wmma::load_matrix_sync(fa, qs + r * 16 * ldq + kk, ldq);
       wmma::load_matrix_sync(fb, ks + c * 16 * ldq + kk, ldq);
       wmma::mma_sync(acc, fa, fb, acc);
@@ -113,7 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
       const int rr = r * 16 + e / 16, cc = c * 16 + e % 16;
-      sb[rr * lds + cc] = __float2bfloat16(cc > rr ? 0.0f : stage[e] * w);
+      store(sb + rr * lds + cc, cc > rr ? 0.0f : stage[e] * w);
     }
     __syncwarp();
   }
@@ -129,10 +137,10 @@ __global__ void __launch_bounds__(kWarps * 32) intra_block_kernel(IntraBlockArgs
   Acc acc[kTiles];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) wmma::fill_fragment(acc[j], 0.0f);
-  auto product = [&](const Bf16* as, int lda, const Bf16* bs, int ldb, int k_tiles, bool triangle) {
+  auto product = [&](const T* as, int lda, const T* bs, int ldb, int k_tiles, bool triangle) {
     for (int kk = 0; kk < k_tiles; ++kk) {
-      RowA fa[TR];
-      RowB fb[TC];
+      RowA<T> fa[TR];
+      RowB<T> fb[TC];
 #pragma unroll
       for (int i = 0; i < TR; ++i) wmma::load_matrix_sync(fa[i], as + (rt0 + i) * 16 * lda + kk * 16, lda);
 #pragma unroll
@@ -188,12 +196,14 @@ bool intra_block_supported(int C, int dk, int dv) {
   return Layout(C, dk).total <= kMaxShared;
 }
 
-bool intra_block_usable(const IntraBlockArgs& a) {
+template <class T>
+bool intra_block_usable(const IntraBlockArgs<T>& a) {
   return intra_block_supported(a.C, a.dk, a.dv) && aligned16(a.q) && aligned16(a.k) && aligned16(a.v) &&
          aligned16(a.v_tail) && aligned16(a.p) && aligned32(a.o);
 }
 
-void intra_block(const IntraBlockArgs& a, cudaStream_t s) {
+template <class T>
+void intra_block(const IntraBlockArgs<T>& a, cudaStream_t s) {
   if (a.blocks == 0) return;
   const size_t shared = Layout(a.C, a.dk).total;
   const dim3 grid(static_cast<unsigned>(static_cast<long long>(a.blocks) * slices_of(a.dv)),
@@ -203,10 +213,15 @@ void intra_block(const IntraBlockArgs& a, cudaStream_t s) {
     kernel<<<grid, kWarps * 32, shared, s>>>(a);
   };
   if (a.C >= 32)
-    launch(intra_block_kernel<2>);
+    launch(intra_block_kernel<T, 2>);
   else
-    launch(intra_block_kernel<1>);
+    launch(intra_block_kernel<T, 1>);
   MHLA_CUDA_LAUNCHED();
 }
+
+template bool intra_block_usable<__nv_bfloat16>(const IntraBlockArgs<__nv_bfloat16>&);
+template bool intra_block_usable<__half>(const IntraBlockArgs<__half>&);
+template void intra_block<__nv_bfloat16>(const IntraBlockArgs<__nv_bfloat16>&, cudaStream_t);
+template void intra_block<__half>(const IntraBlockArgs<__half>&, cudaStream_t);
 
 }  // namespace mhla::cuda

@@ -2,6 +2,7 @@
 // Launchers of the CUDA kernels of causal MHLA. Each declares only the host function; the
 // kernels live in the matching .cu files.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "mhla/options.hpp"
@@ -35,9 +36,9 @@ void convert(const From* in, To* out, long long n, cudaStream_t s);
 
 // Where the prefill keeps its block summaries: after one leading region of zeros, key/value head
 // g's tile t is region 1 + g*tiles + t of `region` matrices: the tile's tile_blocks summaries,
-// its far sum E_t (the summaries two tiles back and more), then zeros up to a multiple of 4 (the
-// tensor cores' alignment), so that the band product of every tile of every head reads
-// [S_(t-1); E_(t-1); S_t; E_t] at one stride.
+// its far term E_t (the mean of the summaries two tiles back and more), then zeros up to a
+// multiple of 4 (the tensor cores' alignment), so that the band product of every tile of every
+// head reads [S_(t-1); E_(t-1); S_t; E_t] at one stride.
 struct PrefillLayout {
   int kv_heads = 0, dk = 0, dv = 0, C = 0;
   long long blocks = 0;  // M = ceil(T / C)
@@ -91,26 +92,29 @@ void final_state(const FinalStateArgs<T>& a, cudaStream_t s);
 template <class T>
 void mixed_prefix(const float* p, const float* a, float w, long long n, T* out, cudaStream_t s);
 
-// The prefill's output in one tensor-core pass (bf16): for every block b and head h,
+// The prefill's output in one tensor-core pass (T bf16 or fp16): for every block b and head h,
 // o_b = Q_b P_b + diag[b] tril(Q_b K_b^T) V_b, written once in fp32.
+template <class T>
 struct IntraBlockArgs {
   long long tokens = 0;  // T
   int blocks = 0;        // ceil(T / C)
   int heads = 0, kv_heads = 0, dk = 0, dv = 0, C = 0;
-  const __nv_bfloat16* q = nullptr;       // [blocks*C][H][dk] features, zero past T
-  const __nv_bfloat16* k = nullptr;       // [blocks*C][Hkv][dk] features, zero past T
-  const __nv_bfloat16* v = nullptr;       // [T][Hkv][dv]
-  const __nv_bfloat16* v_tail = nullptr;  // [C][Hkv][dv]: the last partial block's rows, zero past T
-  const __nv_bfloat16* p = nullptr;       // mixed prefixes: kv head g's block b at p + g*p_stride + b*dk*dv
+  const T* q = nullptr;       // [blocks*C][H][dk] features, zero past T
+  const T* k = nullptr;       // [blocks*C][Hkv][dk] features, zero past T
+  const T* v = nullptr;       // [T][Hkv][dv]
+  const T* v_tail = nullptr;  // [C][Hkv][dv]: the last partial block's rows, zero past T
+  const T* p = nullptr;       // mixed prefixes: kv head g's block b at p + g*p_stride + b*dk*dv
   long long p_stride = 0;
-  const float* diag = nullptr;            // [blocks]: W[b][b]
-  float* o = nullptr;                     // [T][H][dv]
+  const float* diag = nullptr;  // [blocks]: W[b][b]
+  float* o = nullptr;           // [T][H][dv]
 };
 // Shapes the kernel covers: C in {16, 32, 64}, dk and dv multiples of 16, within shared memory.
 bool intra_block_supported(int C, int dk, int dv);
 // ... and pointers aligned for the 16-byte copies and the fp32 tile stores (32 bytes).
-bool intra_block_usable(const IntraBlockArgs& a);
-void intra_block(const IntraBlockArgs& a, cudaStream_t s);
+template <class T>
+bool intra_block_usable(const IntraBlockArgs<T>& a);
+template <class T>
+void intra_block(const IntraBlockArgs<T>& a, cudaStream_t s);
 
 struct DecodeArgs {
   int batch = 0, heads = 0, kv_heads = 0, dk = 0, dv = 0;

@@ -1,6 +1,7 @@
 // The row-wise kernels of the model's layers: embedding lookup, RMSNorm, the q/k/v split, the
 // gated per-head norm and SwiGLU.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cuda/check.hpp"
 #include "cuda/device_math.cuh"
@@ -142,6 +143,7 @@ void swiglu_rows(const T* gu, long long rows, int inter, T* out, cudaStream_t s)
   template void swiglu_rows<T>(const T*, long long, int, T*, cudaStream_t);
 MHLA_MODEL_KERNELS(float)
 MHLA_MODEL_KERNELS(__nv_bfloat16)
+MHLA_MODEL_KERNELS(__half)
 #undef MHLA_MODEL_KERNELS
 
 }  // namespace mhla::cuda

@@ -1,7 +1,7 @@
 #pragma once
 // Launchers of the row-wise kernels of the model's layers on the GPU (the CPU versions are in
-// lib/model/kernels.hpp). T is the activation type (float or __nv_bfloat16); the residual
-// stream and norm weights are fp32.
+// lib/model/kernels.hpp). T is the activation type (float, __nv_bfloat16 or __half); the
+// residual stream and norm weights are fp32.
 #include <cuda_runtime.h>
 
 namespace mhla::cuda {

@@ -1,6 +1,7 @@
 // Kernels of the non-causal operator beyond the shared ones: the row gather that puts grid
 // windows into block order (and the output back), and the normalizer.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cuda/check.hpp"
 #include "cuda/device_math.cuh"
@@ -63,7 +64,9 @@ template void gather_rows<float>(const float*, float*, const long long*, long lo
 template void gather_rows<__nv_bfloat16>(const __nv_bfloat16*, __nv_bfloat16*, const long long*, long long, long long,
                                          cudaStream_t);
 template void normalize_rows<float>(float*, const float*, const float*, const NormalizeArgs&, cudaStream_t);
+template void gather_rows<__half>(const __half*, __half*, const long long*, long long, long long, cudaStream_t);
 template void normalize_rows<__nv_bfloat16>(float*, const __nv_bfloat16*, const float*, const NormalizeArgs&,
                                             cudaStream_t);
+template void normalize_rows<__half>(float*, const __half*, const float*, const NormalizeArgs&, cudaStream_t);
 
 }  // namespace mhla::cuda

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/kernels.cuh"
+#include "cuda/precision.hpp"
 #include "cuda/rotary.hpp"
 #include "mhla/cuda.hpp"
 
@@ -30,8 +32,14 @@ struct GpuNonCausalOperator::Impl {
   // The mixing matrix of the last call, kept on the device while the caller passes the same one.
   std::vector<float> mixing_host;
   DeviceBuffer<float> w32;  // for the normalizer's fp32 product
-  DeviceBuffer<char> wt;    // in the storage type, for P = W S
+  DeviceBuffer<char> wt;    // in the storage type divided by mixing_scale, for P = W S
   DeviceBuffer<char> ones;  // C ones in the storage type: block key sums as a product
+  // In a 16-bit type S and P are kept within the range of a single token's k v^T, which fp16's
+  // 65504 holds where their sums need not (one block over a whole sequence, a mixing matrix
+  // with large row sums): S_b is stored divided by the power of two at or above C, W by
+  // mixing_scale, the power of two at or above its largest row sum of magnitudes, and O = Q P
+  // takes both back as its alpha. Powers of two scale exactly, so nothing else changes.
+  float mixing_scale = 1.0f;
 
   // Scratch, grown as needed: inputs in block order (grid only), features (qd/kd: the
   // denominator's un-rotated copies, with rotary and normalization), summaries, their mixture,
@@ -70,16 +78,16 @@ struct GpuNonCausalOperator::Impl {
     if (own_stream) cudaStreamDestroy(own_stream);
   }
 
-  cudaDataType_t dtype() const { return cuda_type(precision == Precision::bf16); }
+  cudaDataType_t dtype() const { return cuda_type(precision); }
 
   template <class T>
-  void upload_mixing(std::span<const float> mixing);
+  void upload_mixing(std::span<const float> mixing, int M);
   template <class T>
   void forward(std::span<const float> mixing, const T* q, const T* k, const T* v, long long tokens, float* o);
 };
 
 template <class T>
-void GpuNonCausalOperator::Impl::upload_mixing(std::span<const float> mixing) {
+void GpuNonCausalOperator::Impl::upload_mixing(std::span<const float> mixing, int M) {
   if (mixing_host.size() == mixing.size() && std::equal(mixing.begin(), mixing.end(), mixing_host.begin())) return;
   // Copies on the stream, so work still queued with the previous matrix reads the old values;
   // from pageable memory a copy has taken its data when the call returns.
@@ -88,8 +96,16 @@ void GpuNonCausalOperator::Impl::upload_mixing(std::span<const float> mixing) {
   w32.resize(n);
   MHLA_CUDA_CHECK(cudaMemcpyAsync(w32.data(), mixing.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream));
   if constexpr (!std::is_same_v<T, float>) {
+    double widest = 0;
+    for (size_t i = 0; i < n; i += M) {
+      double row = 0;
+      for (int j = 0; j < M; ++j) row += std::fabs(mixing[i + j]);
+      widest = std::max(widest, row);
+    }
+    mixing_scale = 1.0f;
+    while (mixing_scale < widest) mixing_scale *= 2;
     std::vector<T> w(n);
-    for (size_t i = 0; i < n; ++i) w[i] = host_cast<T>(mixing[i]);
+    for (size_t i = 0; i < n; ++i) w[i] = host_cast<T>(mixing[i] / mixing_scale);
     wt.resize(n * sizeof(T));
     MHLA_CUDA_CHECK(cudaMemcpyAsync(wt.data(), w.data(), n * sizeof(T), cudaMemcpyHostToDevice, stream));
   }
@@ -100,7 +116,7 @@ template <class T>
 void GpuNonCausalOperator::Impl::forward(std::span<const float> mixing, const T* q, const T* k, const T* v,
                                          long long tokens, float* o) {
   const int M = opt.checked_call(mixing, tokens, q, k, v, o);
-  upload_mixing<T>(mixing);
+  upload_mixing<T>(mixing, M);
   const T* W = std::is_same_v<T, float> ? reinterpret_cast<const T*>(w32.data()) : reinterpret_cast<const T*>(wt.data());
   const auto& L = opt.layout;
   const int H = L.heads, Hkv = L.kv_heads, G = L.group(), dk = L.dk, dv = L.dv, C = opt.tokens_per_block();
@@ -148,6 +164,9 @@ void GpuNonCausalOperator::Impl::forward(std::span<const float> mixing, const T*
   }
 
   // S[g][b] = K_b^T V_b, then P[g] = W S[g] over all blocks at once: [M x M] x [M x dk*dv].
+  float block_scale = 1.0f;
+  if constexpr (!std::is_same_v<T, float>)
+    while (block_scale < static_cast<float>(C)) block_scale *= 2;
   const long long per_head = static_cast<long long>(M) * me;
   S.resize(Hkv * per_head * sizeof(T));
   P.resize(Hkv * per_head * sizeof(T));
@@ -155,7 +174,8 @@ void GpuNonCausalOperator::Impl::forward(std::span<const float> mixing, const T*
   T* Pall = reinterpret_cast<T*>(P.data());
   for (int g = 0; g < Hkv; ++g) {
     const RowMajorGemm sg{true, false, dk, dv, C, Kf + g * dk, Hkv * dk, static_cast<long long>(C) * Hkv * dk,
-                          v + g * dv, Hkv * dv, static_cast<long long>(C) * Hkv * dv, Sall + g * per_head, dv, me, M};
+                          v + g * dv, Hkv * dv, static_cast<long long>(C) * Hkv * dv, Sall + g * per_head, dv, me, M,
+                          1.0f / block_scale};
     gemm(blas, sg, dt, dt);
   }
   const RowMajorGemm pg{false, false, M, static_cast<int>(me), M, W, M, 0, Sall, me, per_head,
@@ -171,7 +191,7 @@ void GpuNonCausalOperator::Impl::forward(std::span<const float> mixing, const T*
   for (int h = 0; h < H; ++h) {
     const RowMajorGemm qp{false, false, C, dv, dk, Qf + h * dk, H * dk, static_cast<long long>(C) * H * dk,
                           Pall + (h / G) * per_head, dv, me, out + h * dv, H * dv, static_cast<long long>(C) * H * dv,
-                          M};
+                          M, mixing_scale * block_scale};
     gemm(blas, qp, dt, CUDA_R_32F);
   }
 
@@ -210,12 +230,9 @@ Precision GpuNonCausalOperator::precision() const { return impl_->precision; }
 
 void GpuNonCausalOperator::forward(std::span<const float> mixing, const void* q, const void* k, const void* v,
                                    long long tokens, float* o) {
-  if (impl_->precision == Precision::bf16)
-    impl_->forward(mixing, static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                   static_cast<const __nv_bfloat16*>(v), tokens, o);
-  else
-    impl_->forward(mixing, static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-                   tokens, o);
+  with_storage_type(impl_->precision, [&]<class T>(std::type_identity<T>) {
+    impl_->forward(mixing, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tokens, o);
+  });
 }
 
 void GpuNonCausalOperator::forward_host(std::span<const float> mixing, const float* q, const float* k,
@@ -231,14 +248,16 @@ void GpuNonCausalOperator::forward_host(std::span<const float> mixing, const flo
   MHLA_CUDA_CHECK(cudaMemcpyAsync(in, q, nq * sizeof(float), cudaMemcpyHostToDevice, m.stream));
   MHLA_CUDA_CHECK(cudaMemcpyAsync(in + nq, k, nk * sizeof(float), cudaMemcpyHostToDevice, m.stream));
   MHLA_CUDA_CHECK(cudaMemcpyAsync(in + nq + nk, v, nv * sizeof(float), cudaMemcpyHostToDevice, m.stream));
-  if (m.precision == Precision::bf16) {
-    m.host_in_t.resize(n * sizeof(__nv_bfloat16));
-    auto* t = reinterpret_cast<__nv_bfloat16*>(m.host_in_t.data());
-    convert(in, t, n, m.stream);
-    m.forward(mixing, t, t + nq, t + nq + nk, tokens, m.host_out.data());
-  } else {
-    m.forward(mixing, in, in + nq, in + nq + nk, tokens, m.host_out.data());
-  }
+  with_storage_type(m.precision, [&]<class T>(std::type_identity<T>) {
+    if constexpr (std::is_same_v<T, float>) {
+      m.forward(mixing, in, in + nq, in + nq + nk, tokens, m.host_out.data());
+    } else {
+      m.host_in_t.resize(n * sizeof(T));
+      auto* t = reinterpret_cast<T*>(m.host_in_t.data());
+      convert(in, t, n, m.stream);
+      m.forward(mixing, t, t + nq, t + nq + nk, tokens, m.host_out.data());
+    }
+  });
   MHLA_CUDA_CHECK(cudaMemcpyAsync(o, m.host_out.data(), no * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
   MHLA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }

@@ -2,6 +2,7 @@
 // running sums, and the final state gathered into a slot, each one launch for all key/value
 // heads; and the prefix a continued block's queries see.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cuda/check.hpp"
 #include "cuda/device_math.cuh"
@@ -53,7 +54,9 @@ __global__ void pointers_kernel(PrefillPointerArgs<T> a) {
   table[2 * l.kv_heads + g] = a.loose + static_cast<long long>(g) * l.matrix;
 }
 
-// E of tile t (t >= 2) is the sum of tiles 0 .. t-2; tiles 0 and 1 get zeros.
+// E of tile t (t >= 2) is the mean of the (t-1) * tile_blocks blocks of tiles 0 .. t-2, summed
+// in fp32: their sum grows with the sequence (past fp16's 65504 on long ones), their mean stays
+// the size of one block's summary. Tiles 0 and 1 get zeros.
 template <class T>
 __global__ void far_sums_kernel(const float* tile_sums, int sum_tiles, T* summaries, PrefillLayout l) {
   const long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
@@ -62,7 +65,9 @@ __global__ void far_sums_kernel(const float* tile_sums, int sum_tiles, T* summar
   const float* in = tile_sums + static_cast<long long>(g) * sum_tiles * l.matrix + e;
   float acc = 0.0f;
   for (int t = 0; t < l.tiles; ++t) {
-    store(summaries + ((1 + static_cast<long long>(g) * l.tiles + t) * l.region + l.tile_blocks) * l.matrix + e, acc);
+    const float blocks = static_cast<float>(t >= 2 ? (t - 1) * l.tile_blocks : 1);
+    store(summaries + ((1 + static_cast<long long>(g) * l.tiles + t) * l.region + l.tile_blocks) * l.matrix + e,
+          acc / blocks);
     if (t >= 1 && t - 1 < sum_tiles) acc += in[(t - 1) * l.matrix];
   }
 }
@@ -137,11 +142,15 @@ void final_state(const FinalStateArgs<T>& a, cudaStream_t s) {
 
 template void mixed_prefix<float>(const float*, const float*, float, long long, float*, cudaStream_t);
 template void mixed_prefix<__nv_bfloat16>(const float*, const float*, float, long long, __nv_bfloat16*, cudaStream_t);
+template void mixed_prefix<__half>(const float*, const float*, float, long long, __half*, cudaStream_t);
 template void prefill_pointers<float>(const PrefillPointerArgs<float>&, cudaStream_t);
 template void prefill_pointers<__nv_bfloat16>(const PrefillPointerArgs<__nv_bfloat16>&, cudaStream_t);
+template void prefill_pointers<__half>(const PrefillPointerArgs<__half>&, cudaStream_t);
 template void far_sums<float>(const float*, int, float*, const PrefillLayout&, cudaStream_t);
 template void far_sums<__nv_bfloat16>(const float*, int, __nv_bfloat16*, const PrefillLayout&, cudaStream_t);
+template void far_sums<__half>(const float*, int, __half*, const PrefillLayout&, cudaStream_t);
 template void final_state<float>(const FinalStateArgs<float>&, cudaStream_t);
 template void final_state<__nv_bfloat16>(const FinalStateArgs<__nv_bfloat16>&, cudaStream_t);
+template void final_state<__half>(const FinalStateArgs<__half>&, cudaStream_t);
 
 }  // namespace mhla::cuda

@@ -2,9 +2,10 @@
 // rows; each warp covers every kWarps-th stretch of K, its lanes standing in an 8 x 4 grid: lane
 // (g, t) streams 16-byte chunks of tile row g. The B input rows sit in shared memory, staged once
 // per CTA, and the grid is one wave of CTAs walking the tiles, so the staging is paid once per
-// CTA, not per tile. In bf16 the tensor cores do the products (the batch is the
+// CTA, not per tile. In bf16 and fp16 the tensor cores do the products (the batch is the
 // M side of an m16n8k16 product, the 8 tile rows its N side); in fp32 the lanes use FMAs.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -64,15 +65,22 @@ __device__ void load_chunks(uint4 (&buf)[kDepth], const uint4* row, int first, i
   }
 }
 
-__device__ inline void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+template <class T>
+__device__ inline void mma(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
   // A rows 8..15 (batch rows past 8) are zero.
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+  if constexpr (std::is_same_v<T, __half>)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// The lane's running sums: bf16, the m16n8k16 accumulator (d[0], d[1] = y[batch g][rows 2t,
+// The lane's running sums: 16-bit, the m16n8k16 accumulator (d[0], d[1] = y[batch g][rows 2t,
 // 2t+1]; d[2], d[3] belong to batch rows 8..15 and stay zero); fp32, y[b][row g] for every b
 // over the lane's chunks.
 template <class T>
@@ -106,8 +114,8 @@ __device__ void accumulate(Sums<T>& s, const uint4 (&w)[kDepth], const uint4* st
       // K is permuted alike on both sides: the lane's chunk elements 0-3 stand in one product's
       // k columns 2t, 2t+1, 2t+8, 2t+9, elements 4-7 in the next one's.
       const uint4 x = g < batch && c < chunks ? staged[g * chunks + c] : make_uint4(0, 0, 0, 0);
-      mma_bf16(s.v, x.x, x.y, w[u].x, w[u].y);
-      mma_bf16(s.v, x.z, x.w, w[u].z, w[u].w);
+      mma<T>(s.v, x.x, x.y, w[u].x, w[u].y);
+      mma<T>(s.v, x.z, x.w, w[u].z, w[u].w);
     }
   }
 }
@@ -165,11 +173,37 @@ __device__ inline void store4(__nv_bfloat16* p, float a, float b, float c, float
   v.y = *reinterpret_cast<const uint32_t*>(&hi);
   *reinterpret_cast<uint2*>(p) = v;
 }
+__device__ inline void store4(__half* p, float a, float b, float c, float d) {
+  const __half2 lo = __floats2half2_rn(a, b), hi = __floats2half2_rn(c, d);
+  uint2 v;
+  v.x = *reinterpret_cast<const uint32_t*>(&lo);
+  v.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = v;
+}
+
+// fp16 holds at most 65504, less than x * norm_weight reaches on a large residual stream: there
+// the rows are staged after a first pass for their sums of squares, multiplied by the power of
+// two at or below their row scale (exactly, so they round as x * norm_weight would), and only
+// the rest of the row scale is left for the sums.
+template <class T>
+constexpr bool kScaledRows = std::is_same_v<T, __half>;
+
+// Row b's scale rsqrt(mean(x^2) + eps), as rms_norm_kernel computes it, from the warps' sums of
+// squares.
+__device__ inline float row_scale(const float (*red)[kSmallBatchMax], int b, int k, float eps) {
+  float total = 0.0f;
+  for (int w = 0; w < kWarps; ++w) total += red[w][b];
+  return rsqrtf(total / static_cast<float>(k) + eps);
+}
+
+// The power of two at or below x > 0: x with its mantissa cleared.
+__device__ inline float power_of_two_below(float x) { return __uint_as_float(__float_as_uint(x) & 0x7f800000u); }
 
 // The B input rows into shared memory as T: copied, or for the RMSNorm x * norm_weight, with
 // each warp's share of every row's sum of squares in red. The row scale rsqrt(mean(x^2) + eps)
 // is applied to the finished sums (see small_batch_kernel), so the rows need only one pass and
-// no barrier of their own. Every CTA stages for itself; the rows are small.
+// no barrier of their own (but kScaledRows need two and one). Every CTA stages for itself; the
+// rows are small.
 template <class T>
 __device__ void stage(const SmallBatchArgs<T>& a, T* staged, float (*red)[kSmallBatchMax]) {
   if (!a.norm_weight) {
@@ -188,13 +222,29 @@ __device__ void stage(const SmallBatchArgs<T>& a, T* staged, float (*red)[kSmall
       if (b < a.batch) {
         const float4 v = __ldg(x + b * k4 + i);
         ss[b] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        store4(staged + b * a.k + 4 * i, v.x * s.x, v.y * s.y, v.z * s.z, v.w * s.w);
+        if constexpr (!kScaledRows<T>) store4(staged + b * a.k + 4 * i, v.x * s.x, v.y * s.y, v.z * s.z, v.w * s.w);
       }
   }
 #pragma unroll
   for (int b = 0; b < kSmallBatchMax; ++b) {
     for (int off = 16; off > 0; off >>= 1) ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], off);
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32][b] = ss[b];
+  }
+  if constexpr (kScaledRows<T>) {
+    __syncthreads();
+    float f[kSmallBatchMax];
+#pragma unroll
+    for (int b = 0; b < kSmallBatchMax; ++b)
+      f[b] = b < a.batch ? power_of_two_below(row_scale(red, b, a.k, a.eps)) : 0.0f;
+    for (int i = threadIdx.x; i < k4; i += kThreads) {
+      const float4 s = __ldg(nw + i);
+#pragma unroll
+      for (int b = 0; b < kSmallBatchMax; ++b)
+        if (b < a.batch) {
+          const float4 v = __ldg(x + b * k4 + i);
+          store4(staged + b * a.k + 4 * i, v.x * f[b] * s.x, v.y * f[b] * s.y, v.z * f[b] * s.z, v.w * f[b] * s.w);
+        }
+    }
   }
 }
 
@@ -221,12 +271,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) small_batch_kernel(con
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   stage(a, reinterpret_cast<T*>(staged), red);
   __syncthreads();
-  // The epilogue threads' row scale: the RMSNorm's rsqrt(mean(x^2) + eps), as rms_norm_kernel.
+  // The epilogue threads' row scale: the RMSNorm's rsqrt(mean(x^2) + eps), as rms_norm_kernel,
+  // less the power of two scaled rows were staged with.
   float scale = 1.0f;
   if (a.norm_weight && threadIdx.x < kSmallBatchMax * kRows && threadIdx.x / kRows < a.batch) {
-    float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) total += red[w][threadIdx.x / kRows];
-    scale = rsqrtf(total / static_cast<float>(a.k) + a.eps);
+    scale = row_scale(red, threadIdx.x / kRows, a.k, a.eps);
+    if constexpr (kScaledRows<T>) scale /= power_of_two_below(scale);
   }
   Sums<T> sums{};
   for (;;) {
@@ -332,6 +382,7 @@ void small_batch_gemv(const SmallBatchArgs<T>& a, cudaStream_t s) {
   template void small_batch_gemv<T>(const SmallBatchArgs<T>&, cudaStream_t);
 MHLA_SMALL_BATCH(float)
 MHLA_SMALL_BATCH(__nv_bfloat16)
+MHLA_SMALL_BATCH(__half)
 #undef MHLA_SMALL_BATCH
 
 }  // namespace mhla::cuda

@@ -28,7 +28,10 @@ struct SmallBatchArgs {
   // The input rows [B][K]: either rows `in` already in T, or fp32 rows x under an RMSNorm, as
   // rms_norm_rows (x * rsqrt(mean(x^2) + eps) * norm_weight) followed by the product, except
   // that the row scale is applied to the sums: y[b][n] = rsqrt(mean(x[b]^2) + eps) *
-  // sum_k W[n][k] * T(x[b][k] * norm_weight[k]). Exactly one of x (with norm_weight) and in is set.
+  // sum_k W[n][k] * T(x[b][k] * norm_weight[k]). In fp16, whose range x * norm_weight may pass,
+  // the rows are staged as T(2^e x[b][k] * norm_weight[k]) with 2^e the power of two at or below
+  // the row scale, and the sums take the rest of it. Exactly one of x (with norm_weight) and in
+  // is set.
   const float* x = nullptr;
   const float* norm_weight = nullptr;  // [K]
   float eps = 0.0f;
@@ -44,7 +47,7 @@ struct SmallBatchArgs {
 };
 
 // Whether B rows of width K fit this path: 1 <= B <= 8, K a multiple of 16 bytes of T (8 bf16
-// or 4 floats), the B rows in T within the kernel's shared memory (192 KiB).
+// or fp16, or 4 floats), the B rows in T within the kernel's shared memory (192 KiB).
 template <class T>
 bool small_batch_supported(int batch, int k);
 

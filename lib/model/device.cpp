@@ -33,10 +33,18 @@ std::string_view to_string(Device device) { return device == Device::cuda ? "cud
 DevicePrecision parse_device_precision(std::string_view name) {
   if (name == "f32") return DevicePrecision::f32;
   if (name == "bf16") return DevicePrecision::bf16;
-  throw Error(fmt::format("unknown device precision '{}': use bf16 or f32", name));
+  if (name == "f16") return DevicePrecision::f16;
+  throw Error(fmt::format("unknown device precision '{}': use bf16, f16 or f32", name));
 }
 
-std::string_view to_string(DevicePrecision precision) { return precision == DevicePrecision::f32 ? "f32" : "bf16"; }
+std::string_view to_string(DevicePrecision precision) {
+  switch (precision) {
+    case DevicePrecision::f32: return "f32";
+    case DevicePrecision::bf16: return "bf16";
+    case DevicePrecision::f16: return "f16";
+  }
+  return "?";
+}
 
 std::unique_ptr<DeviceModel> make_device_model(const Model& model, Device device, const DeviceModelOptions& options) {
   if (device == Device::cpu)

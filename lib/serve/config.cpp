@@ -43,8 +43,8 @@ void ServerConfig::validate() const {
       throw Error("an API key is empty or holds whitespace; keys are single words");
   if (device != "cpu" && device != "cuda" && device != "auto")
     throw Error(fmt::format("--device must be cpu, cuda or auto, got '{}'", device));
-  if (precision != "bf16" && precision != "f32")
-    throw Error(fmt::format("--precision must be bf16 or f32, got '{}'", precision));
+  if (precision != "bf16" && precision != "f16" && precision != "f32")
+    throw Error(fmt::format("--precision must be bf16, f16 or f32, got '{}'", precision));
   if (log_level != "debug" && log_level != "info" && log_level != "warn" && log_level != "error" && log_level != "off")
     throw Error(fmt::format("--log-level must be debug, info, warn, error or off, got '{}'", log_level));
 }

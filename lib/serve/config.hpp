@@ -22,7 +22,7 @@ struct ServerConfig {
 
   // Where the model runs (lib/serve/backend.hpp)
   std::string device = "auto";       // cpu, cuda, or auto: cuda when this build has CUDA and a GPU is present
-  std::string precision = "bf16";    // the GPU's weights and activations: bf16 or f32 (the CPU runs f32)
+  std::string precision = "bf16";    // the GPU's weights and activations: bf16, f16 or f32 (the CPU runs f32)
   bool batch_invariant = false;      // on the GPU, a request's results do not depend on what else runs
                                      // (the CPU always is)
 

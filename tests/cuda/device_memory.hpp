@@ -1,13 +1,20 @@
 #pragma once
 // Device copies of host vectors for the GPU tests, with guard zones after the data: a kernel
-// that writes past the end changes the guard and the test says so.
+// that writes past the end changes the guard and the test says so; host floats rounded as a
+// storage type would round them, and tolerances carried from bf16 to fp16.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "cuda/host_cast.hpp"
+#include "support/reference.hpp"
 
 namespace mhla::test {
 
@@ -34,17 +41,12 @@ private:
   size_t n_;
 };
 
-// fp32 or bf16 device copy of host floats.
+// fp32, bf16 or fp16 device copy of host floats.
 template <class T>
 Device<T> to_device(const std::vector<float>& x) {
   Device<T> d(x.size());
   std::vector<T> h(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    if constexpr (std::is_same_v<T, float>)
-      h[i] = x[i];
-    else
-      h[i] = __float2bfloat16(x[i]);
-  }
+  std::transform(x.begin(), x.end(), h.begin(), cuda::host_cast<T>);
   cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
   return d;
 }
@@ -69,10 +71,27 @@ inline std::vector<float> from_device(const Device<float>& d) {
   return h;
 }
 
-// Rounds host floats as bf16 would, for references of bf16 runs.
-inline std::vector<float> round_bf16(std::vector<float> x) {
-  for (auto& e : x) e = __bfloat162float(__float2bfloat16(e));
+// Rounds host floats as T would, for references of runs in T.
+template <class T>
+std::vector<float> round_to(std::vector<float> x) {
+  for (auto& e : x) e = cuda::host_float(cuda::host_cast<T>(e));
   return x;
+}
+
+template <class T>
+CausalInputs round_to(CausalInputs in) {
+  in.q = round_to<T>(std::move(in.q));
+  in.k = round_to<T>(std::move(in.k));
+  in.v = round_to<T>(std::move(in.v));
+  return in;
+}
+
+// fp16 keeps 11 significant bits to bf16's 8: its rounding errors are an eighth of bf16's, and
+// so are the tolerances the tests derive for bf16 from them.
+template <class T>
+constexpr double tolerance_16(double bf16) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>);
+  return std::is_same_v<T, __half> ? bf16 / 8 : bf16;
 }
 
 }  // namespace mhla::test

@@ -1,6 +1,11 @@
 // The CUDA causal operator against the CPU reference from the same description: whole-sequence
 // prefill, batched decode steps across block boundaries and past the window, state transfer
-// between CPU and GPU, bf16 inputs, and refusals.
+// between CPU and GPU, bf16 and fp16 inputs, and refusals.
+//
+// Tolerances: fp32 1e-5. In bf16 the reference takes the same rounded inputs, and the GPU also
+// rounds the features, the block summaries, the mixed prefixes and the scores to bf16 (8
+// significant bits), a few roundings in series: 2e-2. fp16 rounds the same values to 11
+// significant bits: an eighth of that, 2.5e-3 (tolerance_16).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -86,6 +91,36 @@ void check_prefill(const Shape& s, std::mt19937_64& rng) {
   CHECK(state_difference(gpu.download(slot), cpu_state) <= 1e-5);
 }
 
+template <class T>
+cuda::Precision precision_of() {
+  return std::is_same_v<T, __half> ? cuda::Precision::f16 : cuda::Precision::bf16;
+}
+
+// 16-bit inputs through prefill then extend: within T's accuracy of the reference on rounded
+// inputs.
+template <class T>
+void check_extend_16(std::mt19937_64& rng) {
+  CausalOptions opt;
+  opt.layout = {4, 4, 32, 64};
+  opt.block_size = 16;
+  opt.rotary = true;
+  opt.policy = ContextPolicy::slide_mean;
+  const auto mixing = MixingWeights::locality_init(8);
+  cuda::GpuCausalOperator gpu(opt, mixing, 1, precision_of<T>(), 8);
+  const long long T_ = 342;
+  const auto in = test::round_to<T>(test::random_inputs(rng, opt.layout, T_));
+  const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T_);
+  auto q = test::to_device<T>(in.q), k = test::to_device<T>(in.k), v = test::to_device<T>(in.v);
+  auto o = test::poisoned_output(static_cast<size_t>(T_) * 4 * 64);
+  const int slot = gpu.acquire();
+  gpu.prefill(slot, q.get(), k.get(), v.get(), 100, o.get());
+  gpu.extend(slot, q.get() + 100 * 4 * 32, k.get() + 100 * 4 * 32, v.get() + 100 * 4 * 64, 242, o.get() + 100 * 4 * 64);
+  gpu.synchronize();
+  const auto out = test::from_device(o);
+  REQUIRE(all_finite(out));
+  CHECK(relative_error(out, ref) <= test::tolerance_16<T>(2e-2));
+}
+
 }  // namespace
 
 TEST_CASE("GPU prefill matches the float64 reference and leaves the CPU's state", "[gpu][prefill]") {
@@ -158,30 +193,8 @@ TEST_CASE("GPU extend continues a sequence block by block as the CPU does", "[gp
         cpu.prefill(st, in.q.data(), in.k.data(), in.v.data(), T, cpu_out.data(), 7);
         CHECK(state_difference(gpu.download(slot), st) <= 1e-5);
       }
-  // bf16 inputs: within bf16 accuracy of the reference on rounded inputs.
-  CausalOptions opt;
-  opt.layout = {4, 4, 32, 64};
-  opt.block_size = 16;
-  opt.rotary = true;
-  opt.policy = ContextPolicy::slide_mean;
-  const auto mixing = MixingWeights::locality_init(8);
-  cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::bf16, 8);
-  const long long T = 342;
-  auto in = test::random_inputs(rng, opt.layout, T);
-  in.q = test::round_bf16(in.q);
-  in.k = test::round_bf16(in.k);
-  in.v = test::round_bf16(in.v);
-  const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T);
-  auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
-       v = test::to_device<__nv_bfloat16>(in.v);
-  auto o = test::poisoned_output(static_cast<size_t>(T) * 4 * 64);
-  const int slot = gpu.acquire();
-  gpu.prefill(slot, q.get(), k.get(), v.get(), 100, o.get());
-  gpu.extend(slot, q.get() + 100 * 4 * 32, k.get() + 100 * 4 * 32, v.get() + 100 * 4 * 64, 242, o.get() + 100 * 4 * 64);
-  gpu.synchronize();
-  const auto out = test::from_device(o);
-  REQUIRE(all_finite(out));
-  CHECK(relative_error(out, ref) <= 2e-2);
+  check_extend_16<__nv_bfloat16>(rng);
+  check_extend_16<__half>(rng);
 }
 
 TEST_CASE("GPU decode steps match the CPU across boundaries and past the window", "[gpu][decode]") {
@@ -261,7 +274,8 @@ TEST_CASE("a GPU prefill continued by GPU decode matches the CPU run", "[gpu][de
   CHECK(gpu.position(slot) == T + extra);
 }
 
-TEST_CASE("bf16 inputs stay within bf16 accuracy of the reference", "[gpu][bf16]") {
+TEMPLATE_TEST_CASE("16-bit inputs stay within their accuracy of the reference", "[gpu][bf16][f16]", __nv_bfloat16,
+                   __half) {
   std::mt19937_64 rng(34);
   CausalOptions opt;
   opt.layout = {4, 4, 32, 64};
@@ -269,22 +283,18 @@ TEST_CASE("bf16 inputs stay within bf16 accuracy of the reference", "[gpu][bf16]
   opt.rotary = true;
   opt.policy = ContextPolicy::slide_mean;
   const auto mixing = MixingWeights::locality_init(8);
-  cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::bf16, 8);
+  cuda::GpuCausalOperator gpu(opt, mixing, 1, precision_of<TestType>(), 8);
   const long long T = 1000;
-  auto in = test::random_inputs(rng, opt.layout, T);
-  in.q = test::round_bf16(in.q);
-  in.k = test::round_bf16(in.k);
-  in.v = test::round_bf16(in.v);
+  const auto in = test::round_to<TestType>(test::random_inputs(rng, opt.layout, T));
   const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T);
-  auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
-       v = test::to_device<__nv_bfloat16>(in.v);
+  auto q = test::to_device<TestType>(in.q), k = test::to_device<TestType>(in.k), v = test::to_device<TestType>(in.v);
   auto o = test::poisoned_output(static_cast<size_t>(T) * 4 * 64);
   const int slot = gpu.acquire();
   gpu.prefill(slot, q.get(), k.get(), v.get(), T, o.get());
   gpu.synchronize();
   const auto out = test::from_device(o);
   REQUIRE(all_finite(out));
-  CHECK(relative_error(out, ref) <= 2e-2);
+  CHECK(relative_error(out, ref) <= test::tolerance_16<TestType>(2e-2));
 }
 
 TEST_CASE("the GPU operator refuses what it does not cover", "[gpu]") {
@@ -305,8 +315,8 @@ TEST_CASE("the GPU operator refuses what it does not cover", "[gpu]") {
   CHECK_THROWS_WITH(gpu.acquire(), Catch::Contains("in use"));
 }
 
-TEST_CASE("bf16 prefill on the tensor cores: the 340M head layout and grouped heads, partial last blocks",
-          "[gpu][bf16]") {
+TEMPLATE_TEST_CASE("16-bit prefill on the tensor cores: the 340M head layout and grouped heads, partial last blocks",
+                   "[gpu][bf16][f16]", __nv_bfloat16, __half) {
   std::mt19937_64 rng(35);
   struct Case {
     HeadLayout layout;
@@ -324,26 +334,58 @@ TEST_CASE("bf16 prefill on the tensor cores: the 340M head layout and grouped he
     opt.rotary = true;
     opt.policy = ContextPolicy::slide_mean;
     const auto mixing = MixingWeights::from_learned(test::random_vector(rng, c.L * c.L, 0.0f, 1.0f), c.L);
-    cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::bf16, c.L);
-    auto in = test::random_inputs(rng, opt.layout, c.T);
-    in.q = test::round_bf16(in.q);
-    in.k = test::round_bf16(in.k);
-    in.v = test::round_bf16(in.v);
+    cuda::GpuCausalOperator gpu(opt, mixing, 1, precision_of<TestType>(), c.L);
+    const auto in = test::round_to<TestType>(test::random_inputs(rng, opt.layout, c.T));
     const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, c.T);
-    auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
-         v = test::to_device<__nv_bfloat16>(in.v);
+    auto q = test::to_device<TestType>(in.q), k = test::to_device<TestType>(in.k), v = test::to_device<TestType>(in.v);
     auto o = test::poisoned_output(static_cast<size_t>(c.T) * c.layout.heads * c.layout.dv);
     const int slot = gpu.acquire();
     gpu.prefill(slot, q.get(), k.get(), v.get(), c.T, o.get());
     gpu.synchronize();
     const auto out = test::from_device(o);
     REQUIRE(all_finite(out));
-    CHECK(relative_error(out, ref) <= 2e-2);
+    CHECK(relative_error(out, ref) <= test::tolerance_16<TestType>(2e-2));
     // The final state (the mixed prefix includes the far tiles' share) is the CPU's.
     const CausalOperator cpu(opt, mixing);
     CausalState st = cpu.new_state();
     std::vector<float> cpu_out(out.size());
     cpu.prefill(st, in.q.data(), in.k.data(), in.v.data(), c.T, cpu_out.data());
-    CHECK(state_difference(gpu.download(slot), st) <= 2e-2);
+    CHECK(state_difference(gpu.download(slot), st) <= test::tolerance_16<TestType>(2e-2));
+  }
+}
+
+// The far tiles' share of a long prefill sums every block two tiles back and more: with keys
+// and values of one sign it grows with the sequence, here to about 1.6e5 per element, past
+// fp16's 65504, while each block's summary and each mixed prefix (slide_mean) stay small. The
+// output and the state must still be right, on the tensor-core path (dv 16) and the cuBLAS one
+// (dv 12).
+TEST_CASE("fp16 prefill of a long sequence whose far blocks sum past the fp16 range", "[gpu][f16]") {
+  std::mt19937_64 rng(37);
+  for (const HeadLayout layout : {HeadLayout{2, 2, 16, 16}, HeadLayout{2, 1, 16, 12}}) {
+    INFO("dv=" << layout.dv);
+    CausalOptions opt;
+    opt.layout = layout;
+    opt.block_size = 16;
+    opt.policy = ContextPolicy::slide_mean;
+    const auto mixing = MixingWeights::locality_init(4);
+    cuda::GpuCausalOperator gpu(opt, mixing, 1, cuda::Precision::f16, 4);
+    const long long T = 16 * 1000;
+    auto in = test::random_inputs(rng, layout, T, 0.0f);
+    for (auto& x : in.v) x = 20.0f * (x + 1.0f);  // [0, 40]
+    in = test::round_to<__half>(std::move(in));
+    const auto ref = test::reference_causal(opt, mixing, in.q, in.k, in.v, T);
+    auto q = test::to_device<__half>(in.q), k = test::to_device<__half>(in.k), v = test::to_device<__half>(in.v);
+    auto o = test::poisoned_output(static_cast<size_t>(T) * layout.heads * layout.dv);
+    const int slot = gpu.acquire();
+    gpu.prefill(slot, q.get(), k.get(), v.get(), T, o.get());
+    gpu.synchronize();
+    const auto out = test::from_device(o);
+    REQUIRE(all_finite(out));
+    CHECK(relative_error(out, ref) <= test::tolerance_16<__half>(2e-2));
+    const CausalOperator cpu(opt, mixing);
+    CausalState st = cpu.new_state();
+    std::vector<float> cpu_out(out.size());
+    cpu.prefill(st, in.q.data(), in.k.data(), in.v.data(), T, cpu_out.data());
+    CHECK(state_difference(gpu.download(slot), st) <= test::tolerance_16<__half>(2e-2));
   }
 }

@@ -5,7 +5,8 @@
 // Tolerances: in f32 both backends do the same fp32 arithmetic in another order, so logits
 // agree to about 1e-6 relative; 1e-4 leaves room for the deeper accumulations. In bf16 every
 // weight and activation is rounded to 8 significant bits (relative 2^-9 = 2e-3 each); over a
-// few layers that compounds to about 1e-2, so 4e-2 is allowed there.
+// few layers that compounds to about 1e-2, so 4e-2 is allowed there. f16 rounds the same values
+// to 11 significant bits (2^-12 = 2.4e-4 each): an eighth of bf16's error, so 5e-3.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -83,7 +84,9 @@ TEST_CASE("GPU model logits equal the CPU model's: prefill, decode and continued
                         Case{"tiny-gqa", DevicePrecision::f32, ContextPolicy::slide, 1e-4},
                         Case{"tiny", DevicePrecision::f32, ContextPolicy::strict, 1e-4},
                         Case{"tiny", DevicePrecision::bf16, ContextPolicy::slide_mean, 4e-2},
-                        Case{"tiny-gqa", DevicePrecision::bf16, ContextPolicy::slide_mean, 4e-2}}) {
+                        Case{"tiny-gqa", DevicePrecision::bf16, ContextPolicy::slide_mean, 4e-2},
+                        Case{"tiny", DevicePrecision::f16, ContextPolicy::slide_mean, 5e-3},
+                        Case{"tiny-gqa", DevicePrecision::f16, ContextPolicy::slide, 5e-3}}) {
     const Model m = Model::load(kData + "/models/" + c.model);
     const long long C = m.config().block_size, W = m.trained_window();
     // Under strict stay inside the window; otherwise go past it, across many block boundaries.
@@ -158,7 +161,7 @@ TEST_CASE("GPU model: a batched decode step equals each sequence alone", "[gpu][
 
 TEST_CASE("GPU model: batch-invariant decode gives each sequence the logits of a step on its own", "[gpu][model]") {
   const Model m = Model::load(kData + "/models/tiny-gqa");
-  for (auto precision : {DevicePrecision::f32, DevicePrecision::bf16}) {
+  for (auto precision : {DevicePrecision::f32, DevicePrecision::bf16, DevicePrecision::f16}) {
     INFO(to_string(precision));
     DeviceModelOptions o;
     o.max_sequences = 32;  // 12 sequences and the forks of up to 12 of them
@@ -293,7 +296,8 @@ TEST_CASE("GPU model: a session on the device generates what the CPU session doe
 
 TEST_CASE("GPU model: decode steps replayed from CUDA graphs equal the launched ones", "[gpu][model]") {
   const Model m = Model::load(kData + "/models/tiny-gqa");
-  for (const auto precision : {DevicePrecision::f32, DevicePrecision::bf16}) {
+  for (const auto precision : {DevicePrecision::f32, DevicePrecision::bf16, DevicePrecision::f16}) {
+    INFO(to_string(precision));
     DeviceModelOptions o;
     o.max_sequences = 4;
     o.policy = ContextPolicy::slide_mean;

@@ -1,13 +1,15 @@
 // The CUDA non-causal operator against the CPU form (noncausal_forward) on the same seeded
 // inputs: 1-D blocks and grid windows, every feature map, rotary, normalized and not, grouped
-// heads, odd widths, fp32 and bf16, guard zones on both sides of the output, reuse of one
-// operator across lengths and mixing matrices, and the CPU form's refusals.
+// heads, odd widths, fp32, bf16 and fp16, guard zones on both sides of the output, reuse of one
+// operator across lengths and mixing matrices, sums past fp16's range, and the CPU form's
+// refusals.
 //
 // Tolerances (relative L2 error over the whole output): fp32 1e-4, far above the few ulps by
 // which cuBLAS's and the CPU BLAS's summation orders differ and far below what a wrong index or
 // weight gives (O(1)). bf16 1e-2 against the CPU run on the bf16-rounded inputs: the GPU also
 // rounds the features, the summaries, their mixture and the weights to bf16 (relative 2^-9 =
-// 2e-3 at most each, about 1e-3 rms), and those few roundings stay well under 1e-2.
+// 2e-3 at most each, about 1e-3 rms), and those few roundings stay well under 1e-2. fp16 makes
+// the same roundings with 11 significant bits instead of 8: an eighth, 1.25e-3.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -92,28 +94,53 @@ std::vector<float> cpu_forward(const NonCausalOptions& opt, const std::vector<fl
   return o;
 }
 
-// The GPU operator on device copies of `in` (rounded to bf16 for a bf16 operator).
-std::vector<float> gpu_forward(cuda::GpuNonCausalOperator& op, const std::vector<float>& mixing,
-                               const test::CausalInputs& in, long long T) {
+template <class E>
+std::vector<float> gpu_forward_as(cuda::GpuNonCausalOperator& op, const std::vector<float>& mixing,
+                                  const test::CausalInputs& in, long long T) {
   GuardedOutput o(static_cast<size_t>(T) * op.options().layout.heads * op.options().layout.dv);
-  if (op.precision() == cuda::Precision::bf16) {
-    auto q = test::to_device<__nv_bfloat16>(in.q), k = test::to_device<__nv_bfloat16>(in.k),
-         v = test::to_device<__nv_bfloat16>(in.v);
-    op.forward(mixing, q.get(), k.get(), v.get(), T, o.get());
-    op.synchronize();
-    return o.read();
-  }
-  auto q = test::to_device<float>(in.q), k = test::to_device<float>(in.k), v = test::to_device<float>(in.v);
+  auto q = test::to_device<E>(in.q), k = test::to_device<E>(in.k), v = test::to_device<E>(in.v);
   op.forward(mixing, q.get(), k.get(), v.get(), T, o.get());
   op.synchronize();
   return o.read();
 }
 
-test::CausalInputs rounded_bf16(test::CausalInputs in) {
-  in.q = test::round_bf16(in.q);
-  in.k = test::round_bf16(in.k);
-  in.v = test::round_bf16(in.v);
+// The GPU operator on device copies of `in` (rounded to the operator's precision).
+std::vector<float> gpu_forward(cuda::GpuNonCausalOperator& op, const std::vector<float>& mixing,
+                               const test::CausalInputs& in, long long T) {
+  switch (op.precision()) {
+    case cuda::Precision::bf16: return gpu_forward_as<__nv_bfloat16>(op, mixing, in, T);
+    case cuda::Precision::f16: return gpu_forward_as<__half>(op, mixing, in, T);
+    case cuda::Precision::f32: break;
+  }
+  return gpu_forward_as<float>(op, mixing, in, T);
+}
+
+// The inputs as the operator sees them: rounded to its precision.
+test::CausalInputs rounded(test::CausalInputs in, cuda::Precision precision) {
+  switch (precision) {
+    case cuda::Precision::bf16: return test::round_to<__nv_bfloat16>(std::move(in));
+    case cuda::Precision::f16: return test::round_to<__half>(std::move(in));
+    case cuda::Precision::f32: break;
+  }
   return in;
+}
+
+double tolerance(cuda::Precision precision) {
+  switch (precision) {
+    case cuda::Precision::bf16: return 1e-2;
+    case cuda::Precision::f16: return test::tolerance_16<__half>(1e-2);
+    case cuda::Precision::f32: break;
+  }
+  return 1e-4;
+}
+
+const char* name(cuda::Precision precision) {
+  switch (precision) {
+    case cuda::Precision::bf16: return "bf16";
+    case cuda::Precision::f16: return "fp16";
+    case cuda::Precision::f32: break;
+  }
+  return "fp32";
 }
 
 int blocks_of(const Case& c) { return options_of(c).block_count(c.T); }
@@ -126,15 +153,14 @@ std::vector<float> random_mixing(std::mt19937_64& rng, const Case& c) {
 }
 
 void check_case(const Case& c, cuda::Precision precision, std::mt19937_64& rng) {
-  INFO(describe(c) << (precision == cuda::Precision::bf16 ? " bf16" : " fp32"));
+  INFO(describe(c) << " " << name(precision));
   const auto opt = options_of(c);
   const auto mixing = random_mixing(rng, c);
-  auto in = test::random_inputs(rng, c.layout, c.T);
-  if (precision == cuda::Precision::bf16) in = rounded_bf16(in);
+  const auto in = rounded(test::random_inputs(rng, c.layout, c.T), precision);
   const auto ref = cpu_forward(opt, mixing, in, c.T);
   cuda::GpuNonCausalOperator op(opt, precision);
   const auto out = gpu_forward(op, mixing, in, c.T);
-  CHECK(relative_error(out, ref) <= (precision == cuda::Precision::bf16 ? 1e-2 : 1e-4));
+  CHECK(relative_error(out, ref) <= tolerance(precision));
 }
 
 }  // namespace
@@ -183,7 +209,8 @@ TEST_CASE("GPU non-causal, grid windows: tokens gathered per window and scattere
   CHECK(relative_error(gpu_forward(op, mixing, in, c.T), cpu_forward(opt, mixing, in, c.T)) <= 1e-4);
 }
 
-TEST_CASE("GPU non-causal in bf16 stays within bf16 accuracy of the CPU on rounded inputs", "[gpu][noncausal][bf16]") {
+TEST_CASE("GPU non-causal in bf16 and fp16 stays within their accuracy of the CPU on rounded inputs",
+          "[gpu][noncausal][bf16][f16]") {
   std::mt19937_64 rng(43);
   // The 340M head layout with C 64, grouped heads with widths off the powers of two, a grid.
   const std::vector<Case> cases = {
@@ -194,12 +221,34 @@ TEST_CASE("GPU non-causal in bf16 stays within bf16 accuracy of the CPU on round
       {{4, 2, 12, 9}, 5, std::nullopt, FeatureMap::identity, true, false, 5 * 6},
       {{4, 1, 16, 32}, 0, WindowGrid{8, 12, 4}, FeatureMap::relu, true, true, 96},
   };
-  for (const auto& c : cases) check_case(c, cuda::Precision::bf16, rng);
+  for (auto precision : {cuda::Precision::bf16, cuda::Precision::f16})
+    for (const auto& c : cases) check_case(c, precision, rng);
+}
+
+// With keys and values of one sign, a block's summary sums C tokens alike and an all-ones mixing
+// (plain non-causal linear attention) sums every block: one block of 4096 tokens, or 64 blocks
+// mixed by ones, reach about 8e4 per element, past fp16's 65504, in S or in P = W S.
+TEST_CASE("GPU non-causal in fp16: summaries and mixtures that pass the fp16 range", "[gpu][noncausal][f16]") {
+  std::mt19937_64 rng(46);
+  for (const auto& [C, normalize] : {std::pair{4096, false}, std::pair{64, true}}) {
+    const Case c{{2, 1, 16, 16}, C, std::nullopt, FeatureMap::relu, false, normalize, 4096};
+    INFO(describe(c));
+    const auto opt = options_of(c);
+    const auto M = static_cast<size_t>(blocks_of(c));
+    const std::vector<float> mixing(M * M, 1.0f);
+    auto in = test::random_inputs(rng, c.layout, c.T, 0.0f);
+    for (auto& x : in.v) x = 40.0f * (x + 1.0f);  // [0, 80]
+    in = rounded(std::move(in), cuda::Precision::f16);
+    cuda::GpuNonCausalOperator op(opt, cuda::Precision::f16);
+    CHECK(relative_error(gpu_forward(op, mixing, in, c.T), cpu_forward(opt, mixing, in, c.T)) <=
+          tolerance(cuda::Precision::f16));
+  }
 }
 
 TEST_CASE("one GPU non-causal operator serves many lengths and mixing matrices in turn", "[gpu][noncausal]") {
   std::mt19937_64 rng(44);
-  for (auto precision : {cuda::Precision::f32, cuda::Precision::bf16}) {
+  for (auto precision : {cuda::Precision::f32, cuda::Precision::bf16, cuda::Precision::f16}) {
+    INFO(name(precision));
     Case c{{4, 2, 8, 6}, 4, std::nullopt, FeatureMap::elu1, true, true, 0};
     const auto opt = options_of(c);
     cuda::GpuNonCausalOperator op(opt, precision);
@@ -210,10 +259,8 @@ TEST_CASE("one GPU non-causal operator serves many lengths and mixing matrices i
       c.T = T;
       INFO("T=" << T);
       const auto mixing = T == 12 ? first : random_mixing(rng, c);
-      auto in = test::random_inputs(rng, c.layout, T);
-      if (precision == cuda::Precision::bf16) in = rounded_bf16(in);
-      CHECK(relative_error(gpu_forward(op, mixing, in, T), cpu_forward(opt, mixing, in, T)) <=
-            (precision == cuda::Precision::bf16 ? 1e-2 : 1e-4));
+      const auto in = rounded(test::random_inputs(rng, c.layout, T), precision);
+      CHECK(relative_error(gpu_forward(op, mixing, in, T), cpu_forward(opt, mixing, in, T)) <= tolerance(precision));
     }
   }
 }
@@ -225,17 +272,13 @@ TEST_CASE("GPU non-causal from host memory and on the caller's stream", "[gpu][n
   const auto mixing = random_mixing(rng, c);
   const auto in = test::random_inputs(rng, c.layout, c.T);
   const auto ref = cpu_forward(opt, mixing, in, c.T);
-  for (auto precision : {cuda::Precision::f32, cuda::Precision::bf16}) {
+  for (auto precision : {cuda::Precision::f32, cuda::Precision::bf16, cuda::Precision::f16}) {
+    INFO(name(precision));
     cuda::GpuNonCausalOperator op(opt, precision);
     std::vector<float> o(ref.size(), std::nanf(""));
     op.forward_host(mixing, in.q.data(), in.k.data(), in.v.data(), c.T, o.data());
-    if (precision == cuda::Precision::f32) {
-      CHECK(relative_error(o, ref) <= 1e-4);
-    } else {
-      // The inputs are rounded on the device: compare with the CPU on rounded inputs.
-      const auto r = rounded_bf16(in);
-      CHECK(relative_error(o, cpu_forward(opt, mixing, r, c.T)) <= 1e-2);
-    }
+    // The inputs are rounded on the device: compare with the CPU on rounded inputs.
+    CHECK(relative_error(o, cpu_forward(opt, mixing, rounded(in, precision), c.T)) <= tolerance(precision));
   }
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
@@ -278,6 +321,7 @@ TEST_CASE("the GPU non-causal operator refuses what the CPU form refuses, before
   auto refused = [](NonCausalOptions bad, const char* expect) {
     INFO(expect);
     CHECK_THROWS_AS(cuda::GpuNonCausalOperator(bad, cuda::Precision::bf16), Error);
+    CHECK_THROWS_AS(cuda::GpuNonCausalOperator(bad, cuda::Precision::f16), Error);
     CHECK_THROWS_WITH(cuda::GpuNonCausalOperator(bad, cuda::Precision::f32), Catch::Contains(expect));
   };
   NonCausalOptions bad = opt;

@@ -7,7 +7,7 @@
 // to disk and requests wait for a slot instead of failing.
 //
 // At f32 the GPU's logits equal the CPU's to about 1e-6 (tests/cuda/test_model_gpu.cpp), so
-// greedy tokens agree; bf16 is only checked to run.
+// greedy tokens agree; bf16 and f16 are only checked to run.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -301,13 +301,19 @@ TEST_CASE("GPU server: with few state slots sessions go to disk and requests wai
   CHECK(too_many.status == 400);
 }
 
-TEST_CASE("GPU server: bf16 serves completions and sessions", "[gpu][server]") {
-  TestServer gpu(on("cuda", "bf16"));
-  const auto c = gpu.client();
-  CHECK(get(c, "/health")["precision"] == "bf16");
-  const json reply = post(c, "/v1/completions", {{"prompt", "The quick brown fox"}, {"max_tokens", 40}, {"ignore_eos", true}});
-  CHECK(reply["choices"][0]["token_ids"].size() == 40);
-  const std::string id = post(c, "/v1/sessions", {{"prefix", "Once upon a time"}})["id"];
-  CHECK(tokens_of(session_generate(c, id, {{"text", " there"}})).size() == 6);
-  CHECK(get(c, "/v1/sessions/" + id)["position"].get<long long>() > 6);
+TEST_CASE("GPU server: bf16 and f16 serve completions and sessions", "[gpu][server]") {
+  for (const std::string precision : {"bf16", "f16"}) {
+    INFO(precision);
+    TestServer gpu(on("cuda", precision));
+    const auto c = gpu.client();
+    CHECK(get(c, "/health")["precision"] == precision);
+    CHECK(get(c, "/v1/models")["data"][0]["precision"] == precision);
+    CHECK(metric_value(c, "mhla_device_info{device=\"cuda\",precision=\"" + precision + "\"}") == 1);
+    const json reply =
+        post(c, "/v1/completions", {{"prompt", "The quick brown fox"}, {"max_tokens", 40}, {"ignore_eos", true}});
+    CHECK(reply["choices"][0]["token_ids"].size() == 40);
+    const std::string id = post(c, "/v1/sessions", {{"prefix", "Once upon a time"}})["id"];
+    CHECK(tokens_of(session_generate(c, id, {{"text", " there"}})).size() == 6);
+    CHECK(get(c, "/v1/sessions/" + id)["position"].get<long long>() > 6);
+  }
 }

@@ -1,11 +1,13 @@
-// The fused small-batch products against float64 sums of the same math: every epilogue, fp32 and
-// bf16, batches of 1 to 8 rows, sizes that leave partial tiles and partial passes over K, with and
-// without the RMSNorm in front; guard zones after every output; repeated launches and graph
-// replays give the same bits; unsupported calls are refused.
+// The fused small-batch products against float64 sums of the same math: every epilogue, fp32,
+// bf16 and fp16, batches of 1 to 8 rows, sizes that leave partial tiles and partial passes over
+// K, with and without the RMSNorm in front, a residual stream past fp16's range; guard zones
+// after every output; repeated launches and graph replays give the same bits; unsupported calls
+// are refused.
 //
 // Tolerances: in fp32 only the order of the fp32 sums differs from the reference (about 1e-7
 // relative). In bf16 the reference takes the same rounded weights and inputs, so fp32 outputs
-// stay close to it too; outputs in bf16 add one rounding (2^-9 relative), hence 1e-2.
+// stay close to it too; outputs in bf16 add one rounding (2^-9 relative), hence 1e-2. Outputs
+// in fp16 add one rounding to 11 significant bits instead of 8: an eighth, 1.25e-3.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -32,23 +34,30 @@ namespace {
 constexpr float kEps = 1e-5f;
 
 template <class T>
-constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-
-float to_float(float x) { return x; }
-float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+constexpr bool k16Bit = !std::is_same_v<T, float>;
 
 template <class T>
-T from_float(float x) {
-  if constexpr (kBf16<T>)
-    return __float2bfloat16(x);
-  else
-    return x;
+float to_float(T x) {
+  return cuda::host_float(x);
 }
 
 template <class T>
-std::vector<float> rounded(std::vector<float> x) {
-  if constexpr (kBf16<T>) return test::round_bf16(std::move(x));
-  return x;
+T from_float(float x) {
+  return cuda::host_cast<T>(x);
+}
+
+template <class T>
+const char* type_name() {
+  return std::is_same_v<T, __half> ? "fp16" : k16Bit<T> ? "bf16" : "f32";
+}
+
+// The tolerance of outputs in T (see the top of the file).
+template <class T>
+double tolerance_t() {
+  if constexpr (k16Bit<T>)
+    return test::tolerance_16<T>(1e-2);
+  else
+    return 1e-5;
 }
 
 // A device buffer holding `values` in T, then sentinel guards.
@@ -79,7 +88,10 @@ std::vector<float> fetch(const test::Device<T>& d) {
 
 // The float64 reference: y[b][n] = scale[b] * sum_k W[n][k] h[b][k], with h what the kernel
 // stages (the rows in T, or x * norm_weight rounded to T) and scale[b] the RMSNorm's row scale
-// (1 without the norm).
+// (1 without the norm). In fp16 the kernel stages 2^e x * norm_weight, 2^e the power of two at
+// or below the row scale, which rounds as x * norm_weight does but for fp16's range: the
+// reference takes the same (should its 2^e differ from the kernel's, by a factor of two at a
+// boundary, the rounding is still the same).
 struct Problem {
   int B, N, K;
   bool norm;
@@ -87,24 +99,33 @@ struct Problem {
   std::vector<double> y;
 };
 
+// `x_max`: the residual rows x are drawn from [-x_max, x_max].
 template <class T>
-Problem make_problem(std::mt19937_64& rng, int B, int N, int K, bool norm) {
-  Problem p{B, N, K, norm, rounded<T>(test::random_vector(rng, static_cast<size_t>(N) * K)), {}, {}, {}, {}};
+Problem make_problem(std::mt19937_64& rng, int B, int N, int K, bool norm, float x_max = 2.0f) {
+  Problem p{B, N, K, norm, test::round_to<T>(test::random_vector(rng, static_cast<size_t>(N) * K)), {}, {}, {}, {}};
   std::vector<double> h(static_cast<size_t>(B) * K), scale(B, 1.0);
   if (norm) {
-    p.x = test::random_vector(rng, h.size(), -2.0f, 2.0f);
+    p.x = test::random_vector(rng, h.size(), -x_max, x_max);
     p.norm_weight = test::random_vector(rng, K, 0.5f, 1.5f);
     for (int b = 0; b < B; ++b) {
       double ss = 0;
+      for (int k = 0; k < K; ++k) ss += static_cast<double>(p.x[b * K + k]) * p.x[b * K + k];
+      scale[b] = 1.0 / std::sqrt(ss / K + kEps);
+      float staged = 1.0f;  // the power of two the rows are staged with
+      if constexpr (std::is_same_v<T, __half>) {
+        int e = 0;
+        std::frexp(scale[b], &e);
+        staged = std::ldexp(1.0f, e - 1);
+        scale[b] /= staged;
+      }
       for (int k = 0; k < K; ++k) {
         const float x = p.x[b * K + k];
-        ss += static_cast<double>(x) * x;
-        h[b * K + k] = kBf16<T> ? to_float(from_float<T>(x * p.norm_weight[k])) : static_cast<double>(x) * p.norm_weight[k];
+        h[b * K + k] = k16Bit<T> ? to_float(from_float<T>(x * staged * p.norm_weight[k]))
+                                 : static_cast<double>(x) * p.norm_weight[k];
       }
-      scale[b] = 1.0 / std::sqrt(ss / K + kEps);
     }
   } else {
-    p.in = rounded<T>(test::random_vector(rng, h.size()));
+    p.in = test::round_to<T>(test::random_vector(rng, h.size()));
     std::copy(p.in.begin(), p.in.end(), h.begin());
   }
   p.y.assign(static_cast<size_t>(B) * N, 0.0);
@@ -158,7 +179,7 @@ double silu(double x) { return x / (1.0 + std::exp(-x)); }
 
 template <class T>
 void check_epilogue(SmallBatchEpilogue epilogue, const Problem& p, std::mt19937_64& rng) {
-  const double tol_t = kBf16<T> ? 1e-2 : 1e-5, tol_f32 = 1e-5;
+  const double tol_t = tolerance_t<T>(), tol_f32 = 1e-5;
   Inputs<T> d(p);
   auto a = d.args;
   a.epilogue = epilogue;
@@ -251,7 +272,7 @@ std::vector<uint32_t> bits(const std::vector<float>& x) {
 // N: a partial last tile (36, 138: also a partial swiglu tile) and the 340M model's q|k|v|g
 // width; K: one pass over a few warps, whole passes, and a partial last pass.
 TEMPLATE_TEST_CASE("small-batch products match float64 sums for every epilogue", "[gpu][small_batch]", float,
-                   __nv_bfloat16) {
+                   __nv_bfloat16, __half) {
   std::mt19937_64 rng(41);
   for (const int N : {36, 138, 3072})
     for (const int K : {64, 1024, 1032})
@@ -259,17 +280,31 @@ TEMPLATE_TEST_CASE("small-batch products match float64 sums for every epilogue",
         for (const bool norm : {false, true}) {
           const auto p = make_problem<TestType>(rng, B, N, K, norm);
           for (const auto e : kEpilogues) {
-            INFO(fmt::format("{} N={} K={} B={} norm={} {}", kBf16<TestType> ? "bf16" : "f32", N, K, B, norm, name(e)));
+            INFO(fmt::format("{} N={} K={} B={} norm={} {}", type_name<TestType>(), N, K, B, norm, name(e)));
             check_epilogue<TestType>(e, p, rng);
           }
         }
+}
+
+// The residual stream of a large model may hold values far past fp16's 65504 (here up to 1e5,
+// times norm weights up to 1.5); under the RMSNorm the products must not see them overflow.
+TEMPLATE_TEST_CASE("small-batch products under the RMSNorm take a residual stream past the fp16 range",
+                   "[gpu][small_batch]", float, __nv_bfloat16, __half) {
+  std::mt19937_64 rng(44);
+  for (const int B : {1, 8}) {
+    const auto p = make_problem<TestType>(rng, B, 138, 1024, true, 1e5f);
+    for (const auto e : kEpilogues) {
+      INFO(fmt::format("{} B={} {}", type_name<TestType>(), B, name(e)));
+      check_epilogue<TestType>(e, p, rng);
+    }
+  }
 }
 
 // The 340M model's down projection (K = 2816: over 48 KiB of staged input at B = 8 in fp32) and
 // a vocabulary-sized head, launched directly and replayed from a captured graph: the same bits
 // each time, and right.
 TEMPLATE_TEST_CASE("small-batch products repeat bit for bit, also from a CUDA graph", "[gpu][small_batch]", float,
-                   __nv_bfloat16) {
+                   __nv_bfloat16, __half) {
   std::mt19937_64 rng(42);
   struct Shape {
     int N, K;
@@ -313,7 +348,8 @@ TEMPLATE_TEST_CASE("small-batch products repeat bit for bit, also from a CUDA gr
     }
 }
 
-TEMPLATE_TEST_CASE("small-batch products refuse what they cannot do", "[gpu][small_batch]", float, __nv_bfloat16) {
+TEMPLATE_TEST_CASE("small-batch products refuse what they cannot do", "[gpu][small_batch]", float, __nv_bfloat16,
+                   __half) {
   constexpr int kChunk = 16 / sizeof(TestType);
   CHECK(cuda::small_batch_supported<TestType>(1, kChunk));
   CHECK(cuda::small_batch_supported<TestType>(8, 4096));
@@ -329,7 +365,7 @@ TEMPLATE_TEST_CASE("small-batch products refuse what they cannot do", "[gpu][sma
   auto ok = d.args;
   ok.out_t = out.get();
   run(ok);  // the baseline is accepted
-  CHECK(relative_error(fetch(out), p.y) <= (kBf16<TestType> ? 1e-2 : 1e-5));
+  CHECK(relative_error(fetch(out), p.y) <= tolerance_t<TestType>());
 
   auto a = ok;
   a.batch = 9;

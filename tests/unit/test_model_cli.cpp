@@ -141,14 +141,20 @@ TEST_CASE("the model commands take --device: cpu runs, cuda needs a GPU, bad nam
     const auto bad = run_cli(dir, cmd + " --device tpu");
     CHECK(bad.status == 1);
     CHECK(bad.err.find("--device") != std::string::npos);
-    const auto cuda = run_cli(dir, cmd + " --device cuda --precision f32");
-    if (mhla::cuda_available()) {
-      CHECK(cuda.status == 0);
-    } else {
-      CHECK(cuda.status == 1);
-      CHECK(cuda.err.rfind("mhla: error: ", 0) == 0);
-      CHECK((cuda.err.find("no CUDA GPU") != std::string::npos || cuda.err.find("no CUDA backend") != std::string::npos));
-      CHECK(lines(cuda.err) == 1);
+    const auto bad_precision = run_cli(dir, cmd + " --precision fp16");
+    CHECK(bad_precision.status == 1);
+    CHECK(bad_precision.err.find("--precision") != std::string::npos);
+    for (const std::string precision : {"f32", "f16"}) {
+      INFO(precision);
+      const auto cuda = run_cli(dir, cmd + " --device cuda --precision " + precision);
+      if (mhla::cuda_available()) {
+        CHECK(cuda.status == 0);
+      } else {
+        CHECK(cuda.status == 1);
+        CHECK(cuda.err.rfind("mhla: error: ", 0) == 0);
+        CHECK((cuda.err.find("no CUDA GPU") != std::string::npos || cuda.err.find("no CUDA backend") != std::string::npos));
+        CHECK(lines(cuda.err) == 1);
+      }
     }
   }
 }

@@ -39,7 +39,15 @@ std::string base_args(const TempDir& dir) {
 
 }  // namespace
 
-TEST_CASE("server: --device takes cpu, cuda or auto and --precision bf16 or f32", "[server][device]") {
+TEST_CASE("device precisions by name: f32, bf16 and f16", "[server][device]") {
+  for (const auto p : {DevicePrecision::f32, DevicePrecision::bf16, DevicePrecision::f16})
+    CHECK(parse_device_precision(to_string(p)) == p);
+  CHECK(to_string(DevicePrecision::f16) == "f16");
+  CHECK(parse_device_precision("f16") == DevicePrecision::f16);
+  CHECK_THROWS_WITH(parse_device_precision("fp16"), Catch::Contains("use bf16, f16 or f32"));
+}
+
+TEST_CASE("server: --device takes cpu, cuda or auto and --precision bf16, f16 or f32", "[server][device]") {
   const serve::ServerConfig defaults;
   CHECK(defaults.device == "auto");
   CHECK(defaults.precision == "bf16");
@@ -47,7 +55,7 @@ TEST_CASE("server: --device takes cpu, cuda or auto and --precision bf16 or f32"
   TempDir dir;
   serve::ServerConfig c = server_config(dir.path().string());
   for (const char* device : {"cpu", "cuda", "auto"})
-    for (const char* precision : {"bf16", "f32"}) {
+    for (const char* precision : {"bf16", "f16", "f32"}) {
       c.device = device;
       c.precision = precision;
       CHECK_NOTHROW(c.validate());
@@ -55,8 +63,8 @@ TEST_CASE("server: --device takes cpu, cuda or auto and --precision bf16 or f32"
   c.device = "gpu";
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("--device must be cpu, cuda or auto"));
   c.device = "cpu";
-  c.precision = "f16";
-  CHECK_THROWS_WITH(c.validate(), Catch::Contains("--precision must be bf16 or f32"));
+  c.precision = "fp16";
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("--precision must be bf16, f16 or f32"));
 
   for (const std::string flag : {"--device tpu", "--precision fp8"}) {
     INFO(flag);
@@ -68,7 +76,8 @@ TEST_CASE("server: --device takes cpu, cuda or auto and --precision bf16 or f32"
   }
   const auto help = run_server(dir, "--help");
   CHECK(help.status == 0);
-  for (const char* text : {"--device", "--precision", "auto", "bf16"}) CHECK(help.out.find(text) != std::string::npos);
+  for (const char* text : {"--device", "--precision", "auto", "{bf16,f16,f32}"})
+    CHECK(help.out.find(text) != std::string::npos);
 }
 
 TEST_CASE("server: --device cuda without a usable GPU is refused with an ordinary error", "[server][device]") {
