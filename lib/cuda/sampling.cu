@@ -8,6 +8,8 @@
 // differs, which moves a partial sum by a few units in the last place.
 #include "cuda/sampling.cuh"
 
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -18,6 +20,8 @@
 namespace mhla::cuda {
 
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kThreads = 512;
 
@@ -84,7 +88,12 @@ struct Row {
         if (!in(i, x)) continue;
         const unsigned k = order_key(x);
         if ((static_cast<unsigned long long>(k ^ prefix) >> (shift + 8)) != 0) continue;
-        atomicAdd(&sh.hist[(k >> shift) & 255u], weight(i));
+        // Lanes adding to the same bin add once between them: float64 atomics on shared memory
+        // are compare-and-swap loops, and most ids fall in the first pass's few bins.
+        const unsigned bin = (k >> shift) & 255u;
+        const auto same = cg::labeled_partition(cg::coalesced_threads(), bin);
+        const double sum = cg::reduce(same, weight(i), cg::plus<double>());
+        if (same.thread_rank() == 0) atomicAdd(&sh.hist[bin], sum);
       }
       __syncthreads();
       if (threadIdx.x == 0) {
