@@ -74,27 +74,47 @@ struct Row {
   float* l;
   int lo, hi;
   Shared& sh;
+  const double* p = nullptr;  // the probabilities, once computed
 
-  // Among the ids `in` accepts, the key at which the weights (of an id), taken in descending key order,
-  // first reach `target`; sh.rest is then what of the target is left for that key's ids.
+  // Calls f(i, l[i], p[i]) (0 before the probabilities exist) for this thread's ids in
+  // ascending order, loading several ids at a time: one at a time, each load waits for the last.
+  template <class F>
+  __device__ void each(F f) const {
+    constexpr int kAhead = 8;
+    for (int i0 = lo; i0 < hi; i0 += kAhead) {
+      float x[kAhead];
+      double w[kAhead];
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u) {
+        x[u] = i0 + u < hi ? l[i0 + u] : 0.0f;
+        w[u] = p && i0 + u < hi ? p[i0 + u] : 0.0;
+      }
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u)
+        if (i0 + u < hi) f(i0 + u, x[u], w[u]);
+    }
+  }
+
+  // Among the ids `in` accepts, the key at which their weights (weight(p[i])), taken in
+  // descending key order, first reach `target`; sh.rest is then what of the target is left for
+  // that key's ids.
   template <class In, class Weight>
   __device__ unsigned select(In in, Weight weight, double target) {
     unsigned prefix = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int b = threadIdx.x; b < 256; b += kThreads) sh.hist[b] = 0.0;
       __syncthreads();
-      for (int i = lo; i < hi; ++i) {
-        const float x = l[i];
-        if (!in(i, x)) continue;
+      each([&](int i, float x, double w) {
+        if (!in(i, x)) return;
         const unsigned k = order_key(x);
-        if ((static_cast<unsigned long long>(k ^ prefix) >> (shift + 8)) != 0) continue;
+        if ((static_cast<unsigned long long>(k ^ prefix) >> (shift + 8)) != 0) return;
         // Lanes adding to the same bin add once between them: float64 atomics on shared memory
         // are compare-and-swap loops, and most ids fall in the first pass's few bins.
         const unsigned bin = (k >> shift) & 255u;
         const auto same = cg::labeled_partition(cg::coalesced_threads(), bin);
-        const double sum = cg::reduce(same, weight(i), cg::plus<double>());
+        const double sum = cg::reduce(same, weight(w), cg::plus<double>());
         if (same.thread_rank() == 0) atomicAdd(&sh.hist[bin], sum);
-      }
+      });
       __syncthreads();
       if (threadIdx.x == 0) {
         // Rounding can leave the sum of the bins just short of the target: take the last bin then.
@@ -125,7 +145,7 @@ struct Row {
   template <class In>
   __device__ int nth_id(In in, int need) {
     int count = 0;
-    for (int i = lo; i < hi; ++i) count += in(i, l[i]) ? 1 : 0;
+    each([&](int i, float x, double) { count += in(i, x) ? 1 : 0; });
     int before = 0, total = 0;
     ScanInt(sh.cub.scan_int).ExclusiveSum(count, before, total);
     need = min(max(need, 1), total);
@@ -141,13 +161,11 @@ struct Row {
     return sh.cut;
   }
 
-  template <class In, class Weight>
-  __device__ double sum(In in, Weight weight) {
+  // The probabilities of the ids `in` accepts.
+  template <class In>
+  __device__ double sum(In in) {
     double s = 0.0;
-    for (int i = lo; i < hi; ++i) {
-      const float x = l[i];
-      if (in(i, x)) s += weight(i);
-    }
+    each([&](int i, float x, double w) { s += in(i, x) ? w : 0.0; });
     s = ReduceDouble(sh.cub.reduce_double).Sum(s);
     if (threadIdx.x == 0) sh.total = s;
     __syncthreads();
@@ -174,15 +192,14 @@ __global__ void __launch_bounds__(kThreads)
 
   int bad = INT_MAX, finite = 0;
   Best best{-INFINITY, INT_MAX};
-  for (int i = lo; i < hi; ++i) {
-    const float x = l[i];
+  row.each([&](int i, float x, double) {
     if (isnan(x) || x == INFINITY) {
       bad = min(bad, i);
     } else if (x != -INFINITY) {
       ++finite;
       if (x > best.value) best = {x, i};
     }
-  }
+  });
   bad = ReduceInt(sh.cub.reduce_int).Reduce(bad, MinOf{});
   if (threadIdx.x == 0) sh.bad = bad;
   __syncthreads();
@@ -208,13 +225,11 @@ __global__ void __launch_bounds__(kThreads)
   const double max = best.value, temperature = a.temperature;
   const auto probability = [=](float x) { return exp((static_cast<double>(x) - max) / temperature); };
   double* p = scratch + static_cast<long long>(blockIdx.x) * vocab;
-  for (int i = lo; i < hi; ++i) {
-    const float x = l[i];
-    p[i] = x == -INFINITY ? 0.0 : probability(x);
-  }
+  row.each([&](int i, float x, double) { p[i] = x == -INFINITY ? 0.0 : probability(x); });
   __syncthreads();
-  const auto weight = [=](int i) { return p[i]; };
-  const auto count = [](int) { return 1.0; };
+  row.p = p;
+  const auto mass = [](double w) { return w; };
+  const auto count = [](double) { return 1.0; };
 
   const bool top_k = a.top_k > 0 && a.top_k < finite;
   unsigned k_key = 0;
@@ -235,27 +250,24 @@ __global__ void __launch_bounds__(kThreads)
   unsigned p_key = 0;
   int p_cut = 0;
   if (top_p) {
-    p_key = row.select(kept_k, weight, static_cast<double>(a.top_p) * row.sum(kept_k, weight));
+    p_key = row.select(kept_k, mass, static_cast<double>(a.top_p) * row.sum(kept_k));
     // The ids at the threshold all weigh `each`: as many as the rest of the target needs.
     const double each = probability(key_float(p_key)), rest = sh.rest;
     const double need = rest <= 0.0 ? 1.0 : each > 0.0 ? fmin(ceil(rest / each), 1e9) : 1e9;
     p_cut = row.nth_id([=](int i, float x) { return kept_k(i, x) && order_key(x) == p_key; }, static_cast<int>(need));
   }
   const double min_p = a.min_p;  // of the top probability, which is exp(0) = 1
-  const auto kept = [=](int i, float x) {
+  const auto kept = [=](int i, float x, double w) {
     if (!kept_k(i, x)) return false;
     const unsigned k = order_key(x);
     if (top_p && !(k > p_key || (k == p_key && i <= p_cut))) return false;
-    return min_p <= 0.0 || p[i] >= min_p;
+    return min_p <= 0.0 || w >= min_p;
   };
 
   // The inverse-CDF draw over the kept ids in ascending order: the first id whose partial sum
   // passes u; past the last partial sum through rounding, the last kept id.
   double mine = 0.0;
-  for (int i = lo; i < hi; ++i) {
-    const float x = l[i];
-    if (kept(i, x)) mine += p[i];
-  }
+  row.each([&](int i, float x, double w) { mine += kept(i, x, w) ? w : 0.0; });
   double before = 0.0, total = 0.0;
   ScanDouble(sh.cub.scan_double).ExclusiveSum(mine, before, total);
   if (threadIdx.x == 0) sh.found = INT_MAX, sh.last = -1;
@@ -264,8 +276,7 @@ __global__ void __launch_bounds__(kThreads)
   double cum = before;
   int found = INT_MAX, last = -1;
   for (int i = lo; i < hi; ++i) {
-    const float x = l[i];
-    if (!kept(i, x)) continue;
+    if (!kept(i, l[i], p[i])) continue;
     last = i;
     cum += p[i];
     if (u < cum) {
