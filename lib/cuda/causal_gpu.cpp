@@ -96,6 +96,9 @@ struct GpuCausalOperator::Impl {
   // Per-step tables of the decode step, in one pinned buffer copied with one transfer (sized
   // for the whole pool at construction, so its addresses never change).
   PinnedStep step;
+  // The plan of a prefill from a non-zero position: its own buffer, as it grows with the
+  // prompt and the decode step's addresses must not change once a graph holds them.
+  PinnedStep plan;
   int multiprocessors = 1;
   DeviceBuffer<float> split_out;  // partial outputs of a decode step split over rows
   bool batch_invariant = false;
@@ -418,7 +421,7 @@ void GpuCausalOperator::Impl::extend(int s, const T* q, const T* k, const T* v, 
   const StepLayout lay(1, capacity + 1);
   const size_t close_bytes = (lay.bytes + 15) / 16 * 16, ptr_count = 9 * static_cast<size_t>(H);
   const size_t piece_bytes = close_bytes + ptr_count * sizeof(void*);
-  char* host = step.host(pieces.size() * piece_bytes);
+  char* host = plan.host(pieces.size() * piece_bytes);
   for (size_t i = 0; i < pieces.size(); ++i) {
     Piece& pc = pieces[i];
     char* table = host + i * piece_bytes;
@@ -440,7 +443,7 @@ void GpuCausalOperator::Impl::extend(int s, const T* q, const T* k, const T* v, 
     }
     m.position += pc.rows;
   }
-  const char* dev = step.send(pieces.size() * piece_bytes, stream);
+  const char* dev = plan.send(pieces.size() * piece_bytes, stream);
 
   // Each piece: o = Q (P + w A) + w tril(Q K^T) V, then A += K^T V.
   for (size_t i = 0; i < pieces.size(); ++i) {

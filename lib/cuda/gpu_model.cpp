@@ -208,10 +208,15 @@ public:
       }
     }
     sampler_->begin(batch, rows, stream_);
-    if (!singles.empty()) decode(singles);
-    for (const auto& s : batch)
-      if (s.tokens.size() > 1) prefill(s);
-    sampler_->finish(stream_);
+    try {
+      if (!singles.empty()) decode(singles);
+      for (const auto& s : batch)
+        if (s.tokens.size() > 1) prefill(s);
+      sampler_->finish(stream_);
+    } catch (...) {
+      sampler_->abort();
+      throw;
+    }
   }
 
 private:

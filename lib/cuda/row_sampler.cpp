@@ -2,11 +2,18 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "mhla/error.hpp"
 
 namespace mhla::cuda {
+
+namespace {
+// Rows per launch: each needs a scratch row of float64 probabilities, so the scratch stays
+// within 64 rows of the vocabulary (16 MB at 32 000 tokens) however large the batch.
+constexpr int kLaunchRows = 64;
+}  // namespace
 
 RowSampler::RowSampler(int vocab, int max_rows) : vocab_(vocab), out_(static_cast<size_t>(max_rows)) {
   MHLA_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&out_host_), max_rows * sizeof(SampleOutcome), 0));
@@ -34,13 +41,12 @@ void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> r
         decoding_ += one ? 1 : 0;
       }
   } catch (...) {
-    for (auto& e : entries_) *e.step->sampling->sampler = e.before;
-    entries_.clear();
+    abort();
     throw;
   }
   if (entries_.empty()) return;
   // Growing frees the old buffer, which synchronizes the device: no launch can still use it.
-  scratch_.resize(entries_.size() * static_cast<size_t>(vocab_));
+  scratch_.resize(std::min<size_t>(entries_.size(), kLaunchRows) * static_cast<size_t>(vocab_));
   const size_t row_bytes = args.size() * sizeof(SampleRow), bytes = row_bytes + penalized.size() * sizeof(int);
   char* host = args_.host(bytes);
   std::copy(args.begin(), args.end(), reinterpret_cast<SampleRow*>(host));
@@ -52,8 +58,9 @@ void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> r
 
 void RowSampler::sample(int first, int count, float* logits, cudaStream_t stream) {
   if (count <= 0) return;
-  sample_rows(logits, vocab_, vocab_, count, rows_dev_ + first, penalized_dev_,
-              scratch_.data() + static_cast<size_t>(first) * vocab_, out_.data() + first, stream);
+  for (int at = first; at < first + count; at += kLaunchRows)
+    sample_rows(logits, vocab_, vocab_, std::min(kLaunchRows, first + count - at), rows_dev_ + at, penalized_dev_,
+                scratch_.data(), out_.data() + at, stream);
   MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_ + first, out_.data() + first, count * sizeof(SampleOutcome),
                                   cudaMemcpyDeviceToHost, stream));
 }
@@ -79,6 +86,11 @@ void RowSampler::finish(cudaStream_t stream) {
       s.error = "sampling: every logit is -inf";
     if (!s.error.empty()) *s.sampler = entries_[e].before;
   }
+  entries_.clear();
+}
+
+void RowSampler::abort() {
+  for (auto& e : entries_) *e.step->sampling->sampler = e.before;
   entries_.clear();
 }
 

@@ -29,6 +29,8 @@ public:
   void launch(const DeviceStep& step, float* logits, cudaStream_t stream);
   // Waits for the stream and hands each step its id, or its error with its sampler restored.
   void finish(cudaStream_t stream);
+  // After a failure between begin() and finish(): every sampler back as it was.
+  void abort();
 
 private:
   struct Entry {
@@ -44,7 +46,7 @@ private:
   const int* penalized_dev_ = nullptr;
   void sample(int first, int count, float* logits, cudaStream_t stream);
 
-  DeviceBuffer<double> scratch_;  // the rows' probabilities
+  DeviceBuffer<double> scratch_;  // the probabilities of the rows of one launch
   DeviceBuffer<SampleOutcome> out_;
   SampleOutcome* out_host_ = nullptr;  // pinned: the copies back run without staging
 };

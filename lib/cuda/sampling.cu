@@ -25,9 +25,10 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 512;
 
-// Unsigned keys in the order of the floats they come from.
+// Unsigned keys in the order of the floats they come from; -0 and +0 are one key, as they
+// compare equal (a tie, which the lower id wins).
 __device__ inline unsigned order_key(float x) {
-  const unsigned u = __float_as_uint(x);
+  const unsigned u = __float_as_uint(x == 0.0f ? 0.0f : x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ inline float key_float(unsigned k) { return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k); }

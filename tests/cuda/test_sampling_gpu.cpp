@@ -129,15 +129,18 @@ TEST_CASE("device sampling picks Sampler::sample's ids: every rule, ties, -inf, 
   }
 }
 
-TEST_CASE("device sampling: all-equal logits keep the lowest ids; bad logits are named", "[gpu][sampling]") {
+TEST_CASE("device sampling: equal logits (also -0 and +0) keep the lowest ids; bad logits are named",
+          "[gpu][sampling]") {
   const int vocab = 3000;
   std::vector<Sampler> s{Sampler(params(1.0f, 5, 1.0f, 0.0f, 1.0f, 1)), Sampler(params(1.0f, 0, 0.0002f, 0.0f, 1.0f, 2)),
                          Sampler(params(0.5f, 0, 1.0f, 0.0f, 1.0f, 3)), Sampler(params(0.0f, 0, 1.0f, 0.0f, 1.0f, 4)),
-                         Sampler(params(0.0f, 0, 1.0f, 0.0f, 1.0f, 5))};
-  std::vector<std::vector<float>> logits(5, std::vector<float>(vocab, 0.5f));
+                         Sampler(params(0.0f, 0, 1.0f, 0.0f, 1.0f, 5)), Sampler(params(1.0f, 1, 1.0f, 0.0f, 1.0f, 6))};
+  std::vector<std::vector<float>> logits(6, std::vector<float>(vocab, 0.5f));
   logits[2][1234] = std::nanf("");
   logits[3][2999] = std::numeric_limits<float>::infinity();
   logits[4].assign(vocab, kNegInf);
+  logits[5].assign(vocab, -5.0f);
+  logits[5][0] = -0.0f, logits[5][1] = 0.0f;  // equal: a tie, which the lower id wins
   for (int draw = 0; draw < 20; ++draw) {
     const auto out = device_sample(logits, vocab, s, {});
     CHECK(out[0].id < 5);  // top-k of equal logits: ids 0..4
@@ -147,6 +150,7 @@ TEST_CASE("device sampling: all-equal logits keep the lowest ids; bad logits are
     CHECK(out[3].status == cuda::SampleStatus::bad_logit);
     CHECK(out[3].id == 2999);
     CHECK(out[4].status == cuda::SampleStatus::all_neg_inf);
+    CHECK(out[5].id == 0);
   }
 }
 
