@@ -38,7 +38,8 @@ struct GpuNonCausalOperator::Impl {
   // 65504 holds where their sums need not (one block over a whole sequence, a mixing matrix
   // with large row sums): S_b is stored divided by the power of two at or above C, W by
   // mixing_scale, the power of two at or above its largest row sum of magnitudes, and O = Q P
-  // takes both back as its alpha. Powers of two scale exactly, so nothing else changes.
+  // takes both back as its alpha. Powers of two scale exactly, except for values pushed below
+  // the type's normal range (fp16: 6.1e-5), which keep fewer bits.
   float mixing_scale = 1.0f;
 
   // Scratch, grown as needed: inputs in block order (grid only), features (qd/kd: the
