@@ -92,11 +92,14 @@ void Engine::Loop::step() {
     try {
       backend.forward(batch, group);
     } catch (const std::exception& e) {
-      // forward() checks every sequence before it changes any state, so nothing moved.
+      // forward() checks every sequence before it changes any state, so a refusal moves
+      // nothing; a failure at run time (device memory, a CUDA error) can come after the decode
+      // rows ran, whose history then keeps the token they consumed.
       log.error("step_failed", {{"reason", e.what()}});
       for (const std::size_t i : group)
         if (i < decodes.size()) {
-          decodes[i].second->seq->history.pop_back();
+          Sequence& s = *decodes[i].second->seq;
+          if (s.position() < static_cast<long long>(s.history.size())) s.history.pop_back();
           decodes[i].second->sampled = {};
           decodes[i].first->job->cancel();
         } else
