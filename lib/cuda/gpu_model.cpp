@@ -17,6 +17,7 @@
 #include "cuda/gemm.hpp"
 #include "cuda/host_cast.hpp"
 #include "cuda/model_kernels.cuh"
+#include "cuda/pinned.hpp"
 #include "cuda/precision.hpp"
 #include "cuda/row_sampler.hpp"
 #include "cuda/small_batch.cuh"
@@ -47,19 +48,6 @@ DeviceBuffer<T> weights_to_device(const std::vector<float>& w) {
                               w[i]));
   return to_device(host);
 }
-
-// Page-locked host memory: device-to-host copies into it run at full speed.
-class PinnedFloats {
-public:
-  explicit PinnedFloats(size_t n) { MHLA_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p_), n * sizeof(float), 0)); }
-  PinnedFloats(const PinnedFloats&) = delete;
-  PinnedFloats& operator=(const PinnedFloats&) = delete;
-  ~PinnedFloats() { cudaFreeHost(p_); }
-  float* data() const { return p_; }
-
-private:
-  float* p_ = nullptr;
-};
 
 // An instantiated graph of the decode pass for one batch size.
 class Graph {
@@ -144,7 +132,7 @@ public:
                               D_, ow_, I_, to_string(opt_.precision)));
     reserve(dec_, opt_.max_sequences);
     dec_.logits.resize(static_cast<size_t>(opt_.max_sequences) * V_);
-    host_logits_ = std::make_unique<PinnedFloats>(static_cast<size_t>(opt_.max_sequences) * V_);
+    host_logits_ = std::make_unique<PinnedArray<float>>(static_cast<size_t>(opt_.max_sequences) * V_);
     sampler_.emplace(V_, opt_.max_sequences);
     name_ = fmt::format("{} ({}{}{})", device_name(0), to_string(opt_.precision), opt_.cuda_graphs ? ", CUDA graphs" : "",
                         opt_.batch_invariant ? ", batch-invariant" : "");
@@ -486,7 +474,7 @@ private:
   DeviceBuffer<T> embeddings_, lm_head_;
   DeviceBuffer<float> final_norm_;
   Scratch dec_, pre_;
-  std::unique_ptr<PinnedFloats> host_logits_;
+  std::unique_ptr<PinnedArray<float>> host_logits_;
   std::optional<RowSampler> sampler_;
   std::map<int, std::unique_ptr<Graph>> graphs_;
 };

@@ -1,5 +1,5 @@
 #pragma once
-// A host staging buffer in pinned memory with its device twin: the small per-step tables of
+// Pinned host memory. PinnedStep: a host staging buffer in pinned memory with its device twin: the small per-step tables of
 // the decode step travel in one asynchronous copy, without the stream synchronization a copy
 // from pageable memory implies. The host side is reused only after the previous copy ends.
 // Its addresses change only when it grows.
@@ -49,6 +49,21 @@ private:
   size_t capacity_ = 0;
   DeviceBuffer<char> device_;
   cudaEvent_t done_ = nullptr;
+};
+
+// Page-locked host memory for n elements: device-to-host copies into it run at full speed
+// and without staging.
+template <class T>
+class PinnedArray {
+public:
+  explicit PinnedArray(size_t n) { MHLA_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p_), n * sizeof(T), 0)); }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  ~PinnedArray() { cudaFreeHost(p_); }
+  T* data() const { return p_; }
+
+private:
+  T* p_ = nullptr;
 };
 
 }  // namespace mhla::cuda

@@ -15,11 +15,8 @@ namespace {
 constexpr int kLaunchRows = 64;
 }  // namespace
 
-RowSampler::RowSampler(int vocab, int max_rows) : vocab_(vocab), out_(static_cast<size_t>(max_rows)) {
-  MHLA_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&out_host_), max_rows * sizeof(SampleOutcome), 0));
-}
-
-RowSampler::~RowSampler() { cudaFreeHost(out_host_); }
+RowSampler::RowSampler(int vocab, int max_rows)
+    : vocab_(vocab), out_(static_cast<size_t>(max_rows)), out_host_(static_cast<size_t>(max_rows)) {}
 
 void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> rows, cudaStream_t stream) {
   entries_.clear();
@@ -34,9 +31,7 @@ void RowSampler::begin(std::span<const DeviceStep> batch, std::span<const int> r
         Sampler& sampler = *s.sampling->sampler;
         entries_.push_back({&s, sampler});
         const Sampler::Draw d = sampler.draw(s.sampling->history, vocab_);
-        const SamplingParams& p = sampler.params();
-        args.push_back({p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, rows[i],
-                        static_cast<int>(penalized.size()), static_cast<int>(d.penalized.size()), d.uniform});
+        args.push_back(sample_row(sampler.params(), d, rows[i], static_cast<int>(penalized.size())));
         penalized.insert(penalized.end(), d.penalized.begin(), d.penalized.end());
         decoding_ += one ? 1 : 0;
       }
@@ -61,7 +56,7 @@ void RowSampler::sample(int first, int count, float* logits, cudaStream_t stream
   for (int at = first; at < first + count; at += kLaunchRows)
     sample_rows(logits, vocab_, vocab_, std::min(kLaunchRows, first + count - at), rows_dev_ + at, penalized_dev_,
                 scratch_.data(), out_.data() + at, stream);
-  MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_ + first, out_.data() + first, count * sizeof(SampleOutcome),
+  MHLA_CUDA_CHECK(cudaMemcpyAsync(out_host_.data() + first, out_.data() + first, count * sizeof(SampleOutcome),
                                   cudaMemcpyDeviceToHost, stream));
 }
 
@@ -77,7 +72,7 @@ void RowSampler::finish(cudaStream_t stream) {
   MHLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (size_t e = 0; e < entries_.size(); ++e) {
     DeviceSampling& s = *entries_[e].step->sampling;
-    const SampleOutcome& o = out_host_[e];
+    const SampleOutcome& o = out_host_.data()[e];
     s.token = o.status == SampleStatus::ok ? o.id : -1;
     s.error.clear();
     if (o.status == SampleStatus::bad_logit)

@@ -14,9 +14,6 @@ namespace mhla::cuda {
 class RowSampler {
 public:
   RowSampler(int vocab, int max_rows);
-  RowSampler(const RowSampler&) = delete;
-  RowSampler& operator=(const RowSampler&) = delete;
-  ~RowSampler();
 
   // Draws for every step of `batch` that samples and sends the draws to the device; `rows[i]` is
   // the row of its logits buffer where batch[i]'s last logits will be. Throws mhla::Error
@@ -48,7 +45,7 @@ private:
 
   DeviceBuffer<double> scratch_;  // the probabilities of the rows of one launch
   DeviceBuffer<SampleOutcome> out_;
-  SampleOutcome* out_host_ = nullptr;  // pinned: the copies back run without staging
+  PinnedArray<SampleOutcome> out_host_;
 };
 
 }  // namespace mhla::cuda

@@ -5,6 +5,8 @@
 // stream is the same whichever side samples it.
 #include <cuda_runtime.h>
 
+#include "mhla/sampling.hpp"
+
 namespace mhla::cuda {
 
 // One row's parameters, as SamplingParams holds them.
@@ -18,6 +20,13 @@ struct SampleRow {
   int penalized_begin = 0, penalized_count = 0;  // the row's ids in the penalized array
   double uniform = 0.0;                          // the draw, in [0, 1)
 };
+
+// The row of `row` of the logits sampled with `params` and the draw `d`, whose penalized ids
+// are at `penalized_begin` of the penalized array.
+inline SampleRow sample_row(const SamplingParams& params, const Sampler::Draw& d, int row, int penalized_begin) {
+  return {params.temperature, params.top_k,   params.top_p,    params.min_p, params.repeat_penalty,
+          row,                penalized_begin, static_cast<int>(d.penalized.size()), d.uniform};
+}
 
 enum class SampleStatus : int {
   ok = 0,

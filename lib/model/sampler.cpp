@@ -56,14 +56,6 @@ std::vector<int> penalized_ids(std::span<const int> history, const SamplingParam
   return seen;
 }
 
-void apply_repeat_penalty(std::vector<float>& logits, std::span<const int> history,
-                          const SamplingParams& p) {
-  for (const int id : penalized_ids(history, p, logits.size())) {
-    float& x = logits[std::size_t(id)];
-    x = x > 0.0f ? x / p.repeat_penalty : x * p.repeat_penalty;
-  }
-}
-
 int argmax(const std::vector<float>& logits) {
   std::size_t best = 0;
   for (std::size_t i = 1; i < logits.size(); ++i)
@@ -154,15 +146,19 @@ double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
 
 int Sampler::sample(std::span<const float> logits, std::span<const int> history) {
   check_logits(logits);
+  const Draw d = draw(history, int(logits.size()));  // as sampling on a device takes it
   std::vector<float> l(logits.begin(), logits.end());
-  apply_repeat_penalty(l, history, params_);
+  for (const int id : d.penalized) {
+    float& x = l[std::size_t(id)];
+    x = x > 0.0f ? x / params_.repeat_penalty : x * params_.repeat_penalty;
+  }
   if (params_.temperature == 0.0f) return argmax(l);
 
   auto cands = softmax(l, top_k_ids(l, params_.top_k), double(params_.temperature));
   if (params_.top_p < 1.0f) apply_top_p(cands, double(params_.top_p));
   if (params_.min_p > 0.0f) apply_min_p(cands, double(params_.min_p));
 
-  const double u = uniform() * total(cands);
+  const double u = d.uniform * total(cands);
   double cum = 0.0;
   for (const auto& c : cands) {
     cum += c.p;

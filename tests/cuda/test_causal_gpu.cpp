@@ -96,15 +96,21 @@ cuda::Precision precision_of() {
   return std::is_same_v<T, __half> ? cuda::Precision::f16 : cuda::Precision::bf16;
 }
 
-// 16-bit inputs through prefill then extend: within T's accuracy of the reference on rounded
-// inputs.
-template <class T>
-void check_extend_16(std::mt19937_64& rng) {
+// The shape of the 16-bit accuracy tests: rotary features, slide_mean, 4 heads.
+CausalOptions rotary_options_16() {
   CausalOptions opt;
   opt.layout = {4, 4, 32, 64};
   opt.block_size = 16;
   opt.rotary = true;
   opt.policy = ContextPolicy::slide_mean;
+  return opt;
+}
+
+// 16-bit inputs through prefill then extend: within T's accuracy of the reference on rounded
+// inputs.
+template <class T>
+void check_extend_16(std::mt19937_64& rng) {
+  const CausalOptions opt = rotary_options_16();
   const auto mixing = MixingWeights::locality_init(8);
   cuda::GpuCausalOperator gpu(opt, mixing, 1, precision_of<T>(), 8);
   const long long T_ = 342;
@@ -277,11 +283,7 @@ TEST_CASE("a GPU prefill continued by GPU decode matches the CPU run", "[gpu][de
 TEMPLATE_TEST_CASE("16-bit inputs stay within their accuracy of the reference", "[gpu][bf16][f16]", __nv_bfloat16,
                    __half) {
   std::mt19937_64 rng(34);
-  CausalOptions opt;
-  opt.layout = {4, 4, 32, 64};
-  opt.block_size = 16;
-  opt.rotary = true;
-  opt.policy = ContextPolicy::slide_mean;
+  const CausalOptions opt = rotary_options_16();
   const auto mixing = MixingWeights::locality_init(8);
   cuda::GpuCausalOperator gpu(opt, mixing, 1, precision_of<TestType>(), 8);
   const long long T = 1000;

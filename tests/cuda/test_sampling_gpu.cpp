@@ -56,9 +56,8 @@ std::vector<cuda::SampleOutcome> device_sample(const std::vector<std::vector<flo
   for (int r = 0; r < rows; ++r) {
     const int row = rows - 1 - r;
     const Sampler::Draw d = samplers[static_cast<size_t>(row)].draw(history, vocab);
-    const SamplingParams& p = samplers[static_cast<size_t>(row)].params();
-    args.push_back({p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, row,
-                    static_cast<int>(penalized.size()), static_cast<int>(d.penalized.size()), d.uniform});
+    args.push_back(cuda::sample_row(samplers[static_cast<size_t>(row)].params(), d, row,
+                                    static_cast<int>(penalized.size())));
     penalized.insert(penalized.end(), d.penalized.begin(), d.penalized.end());
   }
   penalized.push_back(0);  // never empty
